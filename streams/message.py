@@ -1,0 +1,47 @@
+"""The envelope handlers see: a decoded message plus where it came from.
+
+Conditions and templates see the decoded value at the root, as Orkes does. The record's
+metadata (key, headers, topic, partition, offset, timestamp, integration) is reachable in one
+documented place: the name `_kafka` (`${_kafka.key}` in templates, `_kafka.key` in conditions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+META_NAME = "_kafka"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One consumed record, decoded."""
+
+    value: Any
+    topic: str
+    partition: int
+    offset: int
+    integration: str
+    key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    timestamp: int | None = None  # milliseconds since the epoch, as Kafka gives it
+    raw_value: bytes | None = None
+    raw_key: bytes | None = None
+
+    @property
+    def message_id(self) -> str:
+        """Stable identity of the source record: the same after any redelivery."""
+        return f"{self.integration}/{self.topic}/{self.partition}/{self.offset}"
+
+    def meta(self) -> dict[str, Any]:
+        """The metadata object exposed as `_kafka` to conditions and templates."""
+        return {
+            "key": self.key,
+            "headers": dict(self.headers),
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp": self.timestamp,
+            "integration": self.integration,
+            "messageId": self.message_id,
+        }
