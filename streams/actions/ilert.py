@@ -1,0 +1,226 @@
+"""ilert actions: alert events and heartbeats (https://api.ilert.com/api-docs).
+
+An ilert event is accepted with 202. The integration key may come from the action (templated,
+for messages that carry their own key) or from the named ilert target; a key from the target is
+added only at delivery time so it never travels through Kafka or appears in a record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from streams.actions.base import (
+    ActionInputError,
+    ActionRequest,
+    ActionType,
+    DeliveryContext,
+    ParamsModel,
+)
+from streams.config.models import Target
+from streams.delivery import http_request
+from streams.errors import DeliveryError
+from streams.message import Envelope
+
+EVENT_TYPES = ("ALERT", "ACCEPT", "RESOLVE", "COMMENT")
+PRIORITIES = ("HIGH", "LOW")
+DEFAULT_BASE_URL = "https://api.ilert.com"
+BODY_FIELDS = (
+    "integrationKey",
+    "eventType",
+    "summary",
+    "details",
+    "alertKey",
+    "priority",
+    "severity",
+    "images",
+    "links",
+    "comments",
+    "labels",
+    "customDetails",
+    "routingKey",
+)
+
+
+class IlertEventParams(ParamsModel):
+    target: str | None = None
+    integrationKey: Any = Field(default=None, alias="integrationKey")
+    apiKey: Any = None  # ilert's legacy name for integrationKey
+    eventType: Any = "ALERT"
+    summary: Any = None
+    details: Any = None
+    alertKey: Any = None
+    priority: Any = None
+    severity: Any = None
+    images: Any = None
+    links: Any = None
+    comments: Any = None
+    labels: Any = None
+    customDetails: Any = None
+    routingKey: Any = None
+    eventTypeMap: dict[str, str] = Field(default_factory=dict)
+    valueMaps: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    path: str = "/api/events"
+
+
+def map_value(value: Any, mapping: dict[str, Any]) -> Any:
+    """Map a source value (SET, ACK, CLR) to ilert's; exact match first, then ignoring case."""
+    if not mapping or value is None:
+        return value
+    text = str(value)
+    if text in mapping:
+        return mapping[text]
+    folded = {str(k).casefold(): v for k, v in mapping.items()}
+    return folded.get(text.casefold(), value)
+
+
+class IlertEvent(ActionType):
+    """POST an event to ilert's event API."""
+
+    name = "ilert_event"
+    Params = IlertEventParams
+    target_type = "ilert"
+
+    def template_source(self) -> dict[str, Any]:
+        data = super().template_source()
+        for static in ("eventTypeMap", "valueMaps", "path"):
+            data.pop(static, None)
+        return data
+
+    def finish(self, rendered: dict[str, Any], envelope: Envelope) -> dict[str, Any]:
+        params: IlertEventParams = self.params  # type: ignore[assignment]
+        body = {k: rendered.get(k) for k in BODY_FIELDS}
+        if body["integrationKey"] is None:
+            body["integrationKey"] = rendered.get("apiKey")
+        for field_name, mapping in params.valueMaps.items():
+            body[field_name] = map_value(body.get(field_name), mapping)
+        event_type = str(map_value(body["eventType"] or "ALERT", params.eventTypeMap)).upper()
+        if event_type not in EVENT_TYPES:
+            raise ActionInputError(
+                f"ilert_event.eventType rendered to {event_type!r}; expected one of "
+                f"{', '.join(EVENT_TYPES)} (add it to eventTypeMap)"
+            )
+        body["eventType"] = event_type
+        if event_type == "ALERT" and not body.get("summary"):
+            body["summary"] = f"New alert from {envelope.topic}"
+        if body["priority"] is not None:
+            body["priority"] = str(body["priority"]).upper()
+            if body["priority"] not in PRIORITIES:
+                raise ActionInputError(
+                    f"ilert_event.priority rendered to {body['priority']!r}; use HIGH or LOW"
+                )
+        if body["severity"] is not None:
+            body["severity"] = _severity(body["severity"])
+        if body["alertKey"] is not None:
+            body["alertKey"] = str(body["alertKey"])
+        if body["integrationKey"] is None and not (self.target and self.target.integrationKey):
+            raise ActionInputError(
+                "ilert_event has no integrationKey: set it on the action or on the ilert target"
+            )
+        return {"path": params.path, "body": {k: v for k, v in body.items() if v is not None}}
+
+    def ordering_key(self, payload: dict[str, Any], envelope: Envelope) -> str | None:
+        alert_key = payload["body"].get("alertKey")
+        return f"ilert:{alert_key}" if alert_key else None
+
+    @classmethod
+    async def deliver(
+        cls, request: ActionRequest, ctx: DeliveryContext, target: Target | None
+    ) -> Any:
+        body = dict(request.payload["body"])
+        if "integrationKey" not in body and target and target.integrationKey:
+            body["integrationKey"] = target.integrationKey.get_secret_value()
+        key = str(body.get("integrationKey", ""))
+        url = _base(target) + request.payload["path"].replace("{integrationKey}", key)
+        status, text = await http_request(
+            ctx.http,
+            "POST",
+            url,
+            timeout=cls.timeout(target),
+            json_body=body,
+            headers=_headers(ctx, request, target),
+        )
+        return {"status": status, "response": text[:500]}
+
+    @staticmethod
+    def redact(payload: dict[str, Any]) -> dict[str, Any]:
+        body = {k: ("***" if k == "integrationKey" else v) for k, v in payload["body"].items()}
+        return {**payload, "body": body}
+
+
+def _base(target: Target | None) -> str:
+    return ((target.baseUrl if target else None) or DEFAULT_BASE_URL).rstrip("/")
+
+
+def _severity(value: Any) -> int:
+    try:
+        severity = int(value)
+    except (TypeError, ValueError):
+        raise ActionInputError(f"ilert_event.severity rendered to {value!r}; use 1 to 5") from None
+    if not 1 <= severity <= 5:
+        raise ActionInputError(f"ilert_event.severity rendered to {severity}; use 1 to 5")
+    return severity
+
+
+def _headers(ctx: DeliveryContext, request: ActionRequest, target: Target | None) -> dict[str, str]:
+    headers = {"User-Agent": ctx.user_agent, "Idempotency-Key": request.id}
+    if target is not None:
+        headers.update(target.headers)
+    return headers
+
+
+class IlertHeartbeatParams(ParamsModel):
+    target: str | None = None
+    integrationKey: Any = None
+    path: str = "/api/heartbeats/{integrationKey}"
+
+
+class IlertHeartbeat(ActionType):
+    """Ping an ilert heartbeat: GET /api/heartbeats/{key}, 202 on success."""
+
+    name = "ilert_heartbeat"
+    Params = IlertHeartbeatParams
+    target_type = "ilert"
+
+    def template_source(self) -> dict[str, Any]:
+        data = super().template_source()
+        data.pop("path", None)
+        return data
+
+    def finish(self, rendered: dict[str, Any], envelope: Envelope) -> dict[str, Any]:
+        key = rendered.get("integrationKey")
+        if key is None and not (self.target and self.target.integrationKey):
+            raise ActionInputError(
+                "ilert_heartbeat has no integrationKey: set it on the action or on the target"
+            )
+        payload: dict[str, Any] = {"path": self.params.path}  # type: ignore[attr-defined]
+        if key is not None:
+            payload["integrationKey"] = str(key)
+        return payload
+
+    def ordering_key(self, payload: dict[str, Any], envelope: Envelope) -> str | None:
+        return "heartbeat"
+
+    @classmethod
+    async def deliver(
+        cls, request: ActionRequest, ctx: DeliveryContext, target: Target | None
+    ) -> Any:
+        key = request.payload.get("integrationKey")
+        if key is None and target and target.integrationKey:
+            key = target.integrationKey.get_secret_value()
+        if not key:
+            raise DeliveryError("ilert_heartbeat has no integrationKey", retryable=False)
+        url = _base(target) + request.payload["path"].replace("{integrationKey}", str(key))
+        status, _ = await http_request(
+            ctx.http,
+            "GET",
+            url,
+            timeout=cls.timeout(target),
+            headers=_headers(ctx, request, target),
+        )
+        return {"status": status}
+
+    @staticmethod
+    def redact(payload: dict[str, Any]) -> dict[str, Any]:
+        return {k: ("***" if k == "integrationKey" else v) for k, v in payload.items()}

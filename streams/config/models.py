@@ -1,0 +1,300 @@
+"""The configuration model: frozen, validated, with Conductor's and Orkes' field names.
+
+One YAML file holds four sections: `herald` (worker settings), `integrations` (named Kafka
+connections, Orkes field names), `targets` (named delivery endpoints: ilert, webhooks) and
+`eventHandlers` (Conductor EventHandler objects, pasteable from Conductor).
+
+Unknown fields are errors (a typo must not silently do nothing), except the bookkeeping fields
+Conductor adds when it exports a handler (`createdBy`, `createTime`, ...), which are accepted
+and ignored so an export loads unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+EVENT_PATTERN = re.compile(r"^kafka:(?:(?P<integration>[^:]+):)?(?P<topic>[^:]+)$")
+
+
+class Strict(BaseModel):
+    """Base of every section: frozen, unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SendingProtocol(str, Enum):
+    STRING = "STRING"
+    AVRO = "AVRO"
+
+
+class TruststoreType(str, Enum):
+    NONE = "NONE"
+    JKS = "JKS"
+    PEM = "PEM"
+
+
+class SchemaRegistryAuthType(str, Enum):
+    NONE = "NONE"
+    PASSWORD_IN_URL = "PASSWORD_IN_URL"
+    USER_INFO = "USER_INFO"
+
+
+# Orkes shows connection security as labels ("SASL_SSL / SCRAM-SHA-256 / JKS"); we keep the
+# canonical protocol and mechanism apart and accept the labels as input.
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def parse_connection_security(label: str) -> tuple[str, str | None]:
+    """Turn an Orkes label or enum name into (security protocol, SASL mechanism or None).
+
+    Accepts `PLAINTEXT`, `PLAIN TEXT`, `SSL`, `SASL_PLAINTEXT / PLAIN`, `SASL_SSL / PLAIN`,
+    `SASL_SSL / SCRAM-SHA-256 / JKS`, `SASL_SSL/SCRAM-SHA-512`, and `SASL_SSL_SCRAM_SHA_512`.
+    The truststore part of a label is informational: `truststoreType` decides.
+    """
+    text = label.strip().upper().replace(" ", "")
+    if text in ("PLAINTEXT", "PLAIN_TEXT"):
+        return "PLAINTEXT", None
+    if text == "SSL":
+        return "SSL", None
+    parts = [p for p in re.split(r"/", text) if p]
+    if len(parts) == 1:  # enum style: SASL_SSL_SCRAM_SHA_256
+        for proto in ("SASL_PLAINTEXT", "SASL_SSL"):
+            if parts[0].startswith(proto + "_"):
+                rest = parts[0][len(proto) + 1 :]
+                for mech in SASL_MECHANISMS:
+                    if rest.replace("-", "_").startswith(mech.replace("-", "_")):
+                        return proto, mech
+        raise ValueError(_security_help(label))
+    proto, mech = parts[0], parts[1]
+    if proto not in ("SASL_PLAINTEXT", "SASL_SSL") or mech not in SASL_MECHANISMS:
+        raise ValueError(_security_help(label))
+    return proto, mech
+
+
+def _security_help(label: str) -> str:
+    return (
+        f"unknown connectionSecurity {label!r}; use PLAINTEXT, SSL, or "
+        "SASL_PLAINTEXT|SASL_SSL / PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 "
+        "(for example 'SASL_SSL / SCRAM-SHA-512')"
+    )
+
+
+class SubjectNameStrategy(str, Enum):
+    TOPIC = "TopicNameStrategy"
+    RECORD = "RecordNameStrategy"
+    TOPIC_RECORD = "TopicRecordNameStrategy"
+
+
+class SchemaRegistry(Strict):
+    url: str
+    authType: SchemaRegistryAuthType = SchemaRegistryAuthType.NONE
+    apiKey: SecretStr | None = None
+    apiSecret: SecretStr | None = None
+    valueSubjectNameStrategy: SubjectNameStrategy = SubjectNameStrategy.TOPIC
+    autoRegisterSchemas: bool = True
+
+    @field_validator("valueSubjectNameStrategy", mode="before")
+    @classmethod
+    def _short_strategy_name(cls, value: Any) -> Any:
+        """Accept `io.confluent.kafka.serializers.subject.X` as well as `X`."""
+        if isinstance(value, str):
+            return value.rsplit(".", 1)[-1]
+        return value
+
+
+class Integration(Strict):
+    """A named Kafka connection with the Orkes integration field names."""
+
+    name: str = Field(min_length=1)
+    bootstrapServers: str = Field(min_length=1)
+    consumerGroupId: str = "herald"
+    sendingProtocol: SendingProtocol = SendingProtocol.STRING
+    connectionSecurity: str = "PLAINTEXT"
+    username: str | None = None
+    password: SecretStr | None = None
+    truststoreType: TruststoreType = TruststoreType.NONE
+    truststorePath: str | None = None
+    truststorePassword: SecretStr | None = None
+    schemaRegistry: SchemaRegistry | None = None
+    description: str = ""
+    active: bool = True
+
+    @field_validator("connectionSecurity")
+    @classmethod
+    def _known_security(cls, value: str) -> str:
+        parse_connection_security(value)
+        return value
+
+    @property
+    def security_protocol(self) -> str:
+        return parse_connection_security(self.connectionSecurity)[0]
+
+    @property
+    def sasl_mechanism(self) -> str | None:
+        return parse_connection_security(self.connectionSecurity)[1]
+
+    @model_validator(mode="after")
+    def _credentials_present(self) -> Integration:
+        if self.security_protocol.startswith("SASL") and not (self.username and self.password):
+            raise ValueError(
+                f"connectionSecurity {self.connectionSecurity!r} needs username and password "
+                "(write the password as ${env:NAME})"
+            )
+        if self.truststoreType is not TruststoreType.NONE and not self.truststorePath:
+            raise ValueError(f"truststoreType {self.truststoreType.value} needs truststorePath")
+        if self.sendingProtocol is SendingProtocol.AVRO and self.schemaRegistry is None:
+            raise ValueError("sendingProtocol AVRO needs schemaRegistry.url")
+        return self
+
+
+class RetryPolicy(Strict):
+    """Bounded exponential backoff with jitter for transient delivery failures."""
+
+    maxAttempts: int = Field(default=8, ge=1)
+    initialBackoffMs: int = Field(default=200, ge=0)
+    maxBackoffMs: int = Field(default=30_000, ge=0)
+    multiplier: float = Field(default=2.0, ge=1.0)
+    jitter: float = Field(default=0.2, ge=0.0, le=1.0)
+    maxElapsedSeconds: float = Field(default=300.0, gt=0)
+
+
+class Target(Strict):
+    """A named delivery endpoint. `type` selects what it is for."""
+
+    name: str = Field(min_length=1)
+    type: Literal["ilert", "webhook"]
+    # ilert: baseUrl and the default integrationKey; webhook: the base or full URL
+    baseUrl: str | None = None
+    url: str | None = None
+    integrationKey: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeoutSeconds: float = Field(default=10.0, gt=0)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @model_validator(mode="after")
+    def _has_address(self) -> Target:
+        if self.type == "ilert" and not self.baseUrl:
+            raise ValueError("an ilert target needs baseUrl (https://api.ilert.com)")
+        if self.type == "webhook" and not (self.url or self.baseUrl):
+            raise ValueError("a webhook target needs url")
+        return self
+
+
+class Dedupe(Strict):
+    """Optional user-level deduplication: one delivery per rendered key within the window."""
+
+    key: str
+    windowSeconds: float = Field(default=3600.0, gt=0)
+
+
+class Action(Strict):
+    """A Conductor action object; `action` names the type and a field of that name its params."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    action: str
+    expandInlineJSON: bool = False
+    dedupe: Dedupe | None = None
+    orderingKey: str | None = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        extra = self.model_extra or {}
+        value = extra.get(self.action)
+        return dict(value) if isinstance(value, dict) else {}
+
+
+# Fields Conductor adds to an exported handler; accepted and ignored.
+CONDUCTOR_BOOKKEEPING = ("createdBy", "updatedBy", "createTime", "updateTime", "ownerApp", "orgId")
+
+
+class EventHandler(Strict):
+    """A Conductor EventHandler, exactly as Conductor accepts it."""
+
+    name: str = Field(min_length=1)
+    event: str
+    condition: str | None = None
+    evaluatorType: Literal["javascript", "graaljs", "value-param"] = "javascript"
+    actions: list[Action] = Field(min_length=1)
+    active: bool = False
+    description: str = ""
+    tags: list[Any] = Field(default_factory=list)
+    createdBy: str | None = None
+    updatedBy: str | None = None
+    createTime: int | None = None
+    updateTime: int | None = None
+    ownerApp: str | None = None
+    orgId: str | None = None
+
+    @field_validator("event")
+    @classmethod
+    def _event_form(cls, value: str) -> str:
+        if not EVENT_PATTERN.match(value):
+            raise ValueError(
+                f"event {value!r} must be 'kafka:<integration>:<topic>' or 'kafka:<topic>'"
+            )
+        return value
+
+    @property
+    def integration_name(self) -> str | None:
+        """The integration named in `event`, or None for the default integration."""
+        match = EVENT_PATTERN.match(self.event)
+        assert match is not None
+        return match.group("integration")
+
+    @property
+    def topic(self) -> str:
+        match = EVENT_PATTERN.match(self.event)
+        assert match is not None
+        return match.group("topic")
+
+
+class HeraldSettings(Strict):
+    """Worker settings. Internal topics live on the home integration's cluster."""
+
+    homeIntegration: str | None = None  # default: the first integration
+    topicPrefix: str = "herald"
+    actionPartitions: int = Field(default=8, ge=1)
+    maxInFlight: int = Field(default=64, ge=1)
+    conditionTimeLimitMs: int = Field(default=100, ge=1)
+    conditionMemoryLimitMb: int = Field(default=16, ge=1)
+    dataDir: str = "./herald-data"
+    webPort: int = Field(default=6066, ge=0, le=65535)
+    executionRetentionSeconds: float = Field(default=7 * 24 * 3600, gt=0)
+
+
+class HeraldConfig(Strict):
+    """The whole configuration file."""
+
+    herald: HeraldSettings = Field(default_factory=HeraldSettings)
+    integrations: list[Integration] = Field(min_length=1)
+    targets: list[Target] = Field(default_factory=list)
+    eventHandlers: list[EventHandler] = Field(default_factory=list)
+
+    @property
+    def home(self) -> Integration:
+        name = self.herald.homeIntegration
+        for integration in self.integrations:
+            if name is None or integration.name == name:
+                return integration
+        raise LookupError(name)
+
+    def integration(self, name: str | None) -> Integration:
+        """The integration by name; None means the default (home) integration."""
+        if name is None:
+            return self.home
+        for integration in self.integrations:
+            if integration.name == name:
+                return integration
+        raise LookupError(name)
+
+    def target(self, name: str) -> Target:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        raise LookupError(name)

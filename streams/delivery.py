@@ -1,0 +1,150 @@
+"""Retry policy, backoff and failure classification for deliveries.
+
+Transient failures (connection errors, timeouts, 408, 5xx, 429) are retried with exponential
+backoff and jitter, bounded by attempts and total elapsed time; a server's Retry-After wins
+over the computed backoff. Anything else fails at once so it is dead-lettered without delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+
+from streams.config.models import RetryPolicy
+from streams.errors import DeliveryError
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a delivery with retries ended."""
+
+    ok: bool
+    attempts: int
+    result: Any = None
+    error: DeliveryError | None = None
+
+
+def backoff_seconds(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
+    """Delay before retry number `attempt` (1 = first retry): exponential, capped, jittered."""
+    base = policy.initialBackoffMs * (policy.multiplier ** (attempt - 1))
+    capped = min(base, policy.maxBackoffMs) / 1000.0
+    spread = capped * policy.jitter
+    return max(0.0, capped + (rng or random).uniform(-spread, spread))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP date; None when absent or unparseable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def classify_status(status: int, body: str, retry_after: str | None) -> DeliveryError | None:
+    """None for success (2xx); otherwise the error, retryable or not."""
+    if 200 <= status < 300:
+        return None
+    snippet = body[:300]
+    if status == 429:
+        return DeliveryError(
+            f"HTTP 429 Too Many Requests: {snippet}",
+            retryable=True,
+            retry_after=parse_retry_after(retry_after),
+            status=status,
+        )
+    if status >= 500 or status == 408:
+        return DeliveryError(
+            f"HTTP {status}: {snippet}",
+            retryable=True,
+            retry_after=parse_retry_after(retry_after),
+            status=status,
+        )
+    return DeliveryError(f"HTTP {status}: {snippet}", retryable=False, status=status)
+
+
+async def http_request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    timeout: float,
+    json_body: Any = None,
+    data: bytes | str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str]:
+    """One HTTP call; raises a DeliveryError for any failure, returns (status, body) on 2xx."""
+    try:
+        async with session.request(
+            method,
+            url,
+            json=json_body,
+            data=data,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:
+            body = await response.text(errors="replace")
+            error = classify_status(response.status, body, response.headers.get("Retry-After"))
+            if error is not None:
+                raise error
+            return response.status, body
+    except DeliveryError:
+        raise
+    except TimeoutError:
+        raise DeliveryError(
+            f"timed out after {timeout:g} s: {method} {url}", retryable=True
+        ) from None
+    except aiohttp.InvalidURL as exc:
+        raise DeliveryError(f"invalid URL {exc}", retryable=False) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise DeliveryError(
+            f"connection failed: {exc.__class__.__name__}: {exc}", retryable=True
+        ) from exc
+
+
+async def run_with_retry(
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    on_retry: Callable[[int, DeliveryError, float], None] | None = None,
+) -> Outcome:
+    """Call `attempt` until it succeeds, fails permanently, or the policy's bounds are hit.
+
+    Never raises DeliveryError: the outcome says what happened, so the caller decides between
+    acknowledging and dead-lettering.
+    """
+    started = clock()
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return Outcome(ok=True, attempts=tries, result=await attempt())
+        except DeliveryError as error:
+            if not error.retryable or tries >= policy.maxAttempts:
+                return Outcome(ok=False, attempts=tries, error=error)
+            delay = backoff_seconds(policy, tries)
+            if error.retry_after is not None:
+                delay = max(delay, error.retry_after)
+            if clock() - started + delay > policy.maxElapsedSeconds:
+                return Outcome(ok=False, attempts=tries, error=error)
+            if on_retry is not None:
+                on_retry(tries, error, delay)
+            await sleep(delay)
