@@ -12,12 +12,24 @@ and ignored so an export loads unchanged.
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 EVENT_PATTERN = re.compile(r"^kafka:(?:(?P<integration>[^:]+):)?(?P<topic>[^:]+)$")
+# Kafka's legal topic characters. Integration names and the topic prefix end up in topic names
+# (`<prefix>-dlq-<integration>`), so they are held to the same rule.
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _topic_safe(value: str, what: str) -> str:
+    if not TOPIC_NAME.match(value):
+        raise ValueError(
+            f"{what} {value!r} may only use letters, digits, '.', '_' and '-' "
+            "(it becomes part of a Kafka topic name)"
+        )
+    return value
 
 
 class Strict(BaseModel):
@@ -26,18 +38,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class SendingProtocol(str, Enum):
+class SendingProtocol(StrEnum):
     STRING = "STRING"
     AVRO = "AVRO"
 
 
-class TruststoreType(str, Enum):
+class TruststoreType(StrEnum):
     NONE = "NONE"
     JKS = "JKS"
     PEM = "PEM"
 
 
-class SchemaRegistryAuthType(str, Enum):
+class SchemaRegistryAuthType(StrEnum):
     NONE = "NONE"
     PASSWORD_IN_URL = "PASSWORD_IN_URL"
     USER_INFO = "USER_INFO"
@@ -54,26 +66,40 @@ def parse_connection_security(label: str) -> tuple[str, str | None]:
 
     Accepts `PLAINTEXT`, `PLAIN TEXT`, `SSL`, `SASL_PLAINTEXT / PLAIN`, `SASL_SSL / PLAIN`,
     `SASL_SSL / SCRAM-SHA-256 / JKS`, `SASL_SSL/SCRAM-SHA-512`, and `SASL_SSL_SCRAM_SHA_512`.
-    The truststore part of a label is informational: `truststoreType` decides.
+    The truststore part of a label is informational: `truststoreType` decides. Anything else
+    is rejected, so a typo in the mechanism cannot silently pick a different one.
     """
     text = label.strip().upper().replace(" ", "")
     if text in ("PLAINTEXT", "PLAIN_TEXT"):
         return "PLAINTEXT", None
     if text == "SSL":
         return "SSL", None
-    parts = [p for p in re.split(r"/", text) if p]
-    if len(parts) == 1:  # enum style: SASL_SSL_SCRAM_SHA_256
-        for proto in ("SASL_PLAINTEXT", "SASL_SSL"):
-            if parts[0].startswith(proto + "_"):
-                rest = parts[0][len(proto) + 1 :]
-                for mech in SASL_MECHANISMS:
-                    if rest.replace("-", "_").startswith(mech.replace("-", "_")):
-                        return proto, mech
+    parts = [p for p in text.split("/") if p]
+    if len(parts) == 1:  # enum style: SASL_SSL_SCRAM_SHA_256[_JKS]
+        parts = _split_enum_label(parts[0])
+    if not 2 <= len(parts) <= 3:
         raise ValueError(_security_help(label))
     proto, mech = parts[0], parts[1]
     if proto not in ("SASL_PLAINTEXT", "SASL_SSL") or mech not in SASL_MECHANISMS:
         raise ValueError(_security_help(label))
+    if len(parts) == 3 and parts[2] not in TruststoreType.__members__:
+        raise ValueError(_security_help(label))
     return proto, mech
+
+
+def _split_enum_label(text: str) -> list[str]:
+    """`SASL_SSL_SCRAM_SHA_256_JKS` → [SASL_SSL, SCRAM-SHA-256, JKS]; [] when it is not one."""
+    for proto in ("SASL_PLAINTEXT", "SASL_SSL"):
+        if not text.startswith(proto + "_"):
+            continue
+        rest = text[len(proto) + 1 :]
+        for mech in SASL_MECHANISMS:
+            enum_mech = mech.replace("-", "_")
+            if rest == enum_mech:
+                return [proto, mech]
+            if rest.startswith(enum_mech + "_"):
+                return [proto, mech, rest[len(enum_mech) + 1 :]]
+    return []
 
 
 def _security_help(label: str) -> str:
@@ -84,7 +110,7 @@ def _security_help(label: str) -> str:
     )
 
 
-class SubjectNameStrategy(str, Enum):
+class SubjectNameStrategy(StrEnum):
     TOPIC = "TopicNameStrategy"
     RECORD = "RecordNameStrategy"
     TOPIC_RECORD = "TopicRecordNameStrategy"
@@ -106,6 +132,20 @@ class SchemaRegistry(Strict):
             return value.rsplit(".", 1)[-1]
         return value
 
+    @model_validator(mode="after")
+    def _auth_complete(self) -> SchemaRegistry:
+        """Fail at start rather than with a 401 on the first Avro message."""
+        if self.authType is SchemaRegistryAuthType.USER_INFO and not (
+            self.apiKey and self.apiSecret
+        ):
+            raise ValueError("schemaRegistry authType USER_INFO needs apiKey and apiSecret")
+        if self.authType is SchemaRegistryAuthType.PASSWORD_IN_URL and "@" not in self.url:
+            raise ValueError(
+                "schemaRegistry authType PASSWORD_IN_URL needs the credentials in the url "
+                "(https://key:${env:SECRET}@host)"
+            )
+        return self
+
 
 class Integration(Strict):
     """A named Kafka connection with the Orkes integration field names."""
@@ -123,6 +163,11 @@ class Integration(Strict):
     schemaRegistry: SchemaRegistry | None = None
     description: str = ""
     active: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name_form(cls, value: str) -> str:
+        return _topic_safe(value, "integration name")
 
     @field_validator("connectionSecurity")
     @classmethod
@@ -234,10 +279,12 @@ class EventHandler(Strict):
     @field_validator("event")
     @classmethod
     def _event_form(cls, value: str) -> str:
-        if not EVENT_PATTERN.match(value):
+        match = EVENT_PATTERN.match(value)
+        if not match:
             raise ValueError(
                 f"event {value!r} must be 'kafka:<integration>:<topic>' or 'kafka:<topic>'"
             )
+        _topic_safe(match.group("topic"), "topic")
         return value
 
     @property
@@ -266,6 +313,15 @@ class HeraldSettings(Strict):
     dataDir: str = "./herald-data"
     webPort: int = Field(default=6066, ge=0, le=65535)
     executionRetentionSeconds: float = Field(default=7 * 24 * 3600, gt=0)
+    replicationFactor: int = Field(default=1, ge=1)  # of Herald's internal topics
+    commitIntervalSeconds: float = Field(default=1.0, gt=0)
+    sessionTimeoutSeconds: float = Field(default=10.0, gt=0)  # consumer group session timeout
+    extraSourceTopics: list[str] = Field(default_factory=list)  # for handlers added at runtime
+
+    @field_validator("topicPrefix")
+    @classmethod
+    def _prefix_form(cls, value: str) -> str:
+        return _topic_safe(value, "topicPrefix")
 
 
 class HeraldConfig(Strict):
