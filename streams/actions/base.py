@@ -74,9 +74,8 @@ class ActionRequest:
         return cls(**orjson.loads(data))
 
 
-PublishFn = Callable[
-    [str, str, bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable[dict]
-]
+Headers = list[tuple[str, bytes]]
+PublishFn = Callable[[str | None, str, bytes | None, bytes | None, Headers], Awaitable[dict]]
 
 
 @dataclass(slots=True)

@@ -1,0 +1,147 @@
+"""The Faust app: `faust -A agents.app worker` finds `app` here.
+
+`create_app` builds an app from a validated configuration (tests build their own); the module
+global `app` is built from `HERALD_CONFIG` on import. An invalid configuration prints one line
+per problem and exits with code 2 before anything is consumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import faust
+
+from agents.rules import RuleSet
+from agents.runtime import Runtime
+from agents.sinks import SinkRunner
+from agents.sources import SourceRunner
+from agents.tables import RulesTable, declare_tables
+from agents.topics import declare_topics, rules_name
+from agents.views import register_views
+from streams.config.loader import config_path_from_env, load_config
+from streams.config.models import HeraldConfig
+from streams.errors import ConfigError
+from streams.handlers import compile_all
+
+log = logging.getLogger("herald")
+
+
+def source_topics(config: HeraldConfig) -> list[str]:
+    """Topics the source agent consumes: those of handlers on the home integration."""
+    home = config.home.name
+    names = {h.topic for h in config.eventHandlers if (h.integration_name or home) == home}
+    return sorted(names | set(config.herald.extraSourceTopics))
+
+
+def check_supported(config: HeraldConfig, file: str) -> None:
+    """Refuse what this version cannot do yet, naming the field, rather than misbehave."""
+    problems = []
+    home = config.home
+    for i, integration in enumerate(config.integrations):
+        if integration.security_protocol != "PLAINTEXT":
+            problems.append(
+                f"{file}: integrations[{i}](name={integration.name}).connectionSecurity: "
+                f"{integration.connectionSecurity!r} is not supported by this version yet; "
+                "use PLAINTEXT"
+            )
+        if integration.sendingProtocol.value != "STRING":
+            problems.append(
+                f"{file}: integrations[{i}](name={integration.name}).sendingProtocol: AVRO is "
+                "not supported by this version yet; use STRING"
+            )
+    for i, handler in enumerate(config.eventHandlers):
+        integration = config.integration(handler.integration_name)
+        if integration.bootstrapServers != home.bootstrapServers:
+            problems.append(
+                f"{file}: eventHandlers[{i}](name={handler.name}).event: consuming from "
+                f"integration {integration.name!r} on another cluster than the home integration "
+                f"{home.name!r} is not supported yet; consume it from a Herald deployment whose "
+                "home integration it is"
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
+def create_app(config: HeraldConfig, config_file: str) -> faust.App:
+    """Build the Faust app, its topics, tables, agents and views from a configuration."""
+    compile_all(config, file=config_file)  # every handler must compile before we start
+    check_supported(config, config_file)
+    home = config.home
+    settings = config.herald
+    app = faust.App(
+        home.consumerGroupId,
+        broker=[f"kafka://{server.strip()}" for server in home.bootstrapServers.split(",")],
+        store="rocksdb://",
+        datadir=os.environ.get("HERALD_DATA_DIR", settings.dataDir),
+        web_port=int(os.environ.get("HERALD_WEB_PORT", settings.webPort)),
+        topic_partitions=settings.actionPartitions,
+        topic_replication_factor=settings.replicationFactor,
+        GlobalTable=RulesTable,
+        stream_wait_empty=False,
+        producer_acks=-1,
+        broker_commit_interval=settings.commitIntervalSeconds,
+        broker_session_timeout=settings.sessionTimeoutSeconds,
+        broker_heartbeat_interval=min(3.0, settings.sessionTimeoutSeconds / 4),
+        consumer_auto_offset_reset="earliest",
+        autodiscover=False,
+    )
+    topics = declare_topics(app, config, source_topics(config))
+    tables = declare_tables(app, config)
+    rules = RuleSet(config, tables.rules, rules_name(config))
+    runtime = Runtime(app, config, config_file, topics, tables, rules)
+    app.herald = runtime  # type: ignore[attr-defined]
+
+    if topics.sources is not None:
+        source = SourceRunner(runtime)
+
+        @app.agent(topics.sources, name="herald.source")
+        async def route(stream: faust.StreamT) -> None:
+            await source.run(stream)
+
+    sink = SinkRunner(runtime)
+
+    @app.agent(topics.actions, name="herald.sink")
+    async def deliver(stream: faust.StreamT) -> None:
+        await sink.run(stream)
+
+    @app.task
+    async def seed_rules() -> None:
+        # Topics Herald only produces to are not declared by Faust; create them with the
+        # configured partitions now rather than let a broker auto-create them on first use.
+        for topic in (topics.executions, *topics.dead_letters.values()):
+            await topic.maybe_declare()
+        await app.tables.recovery.completed.wait()
+
+        async def send(key: bytes, value: bytes) -> None:
+            fut = await topics.rules.send(key=key, value=value, partition=0, force=True)
+            await fut
+
+        await rules.seed(send)
+        log.info("handlers loaded: %s", ", ".join(h.name for h in rules.index().handlers))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: set, **kwargs: object) -> None:
+        sink.revoke(revoked)
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(app: faust.App, **kwargs: object) -> None:
+        await runtime.close()
+
+    register_views(app, runtime)
+    return app
+
+
+def _app_from_environment() -> faust.App:
+    path = config_path_from_env()
+    try:
+        return create_app(load_config(path), path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        print(f"herald: configuration {path} is invalid; not starting", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+app = _app_from_environment()

@@ -1,0 +1,127 @@
+"""`herald`: the command line around the worker.
+
+    herald worker [faust worker options]   run a worker (same as `faust -A agents.app worker`)
+    herald check [--config FILE]           validate the configuration and show what it will do
+    herald demo                            embedded broker + ilert receiver + worker + samples
+    herald replay --integration NAME       re-submit dead letters
+    herald rules put FILE | delete NAME    change handlers at runtime via the rules topic
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from streams.config.loader import config_path_from_env, describe, load_config
+from streams.errors import ConfigError
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="configuration file (default: $HERALD_CONFIG or config/herald.yaml)",
+    )
+
+
+def _load(path: str | None):  # noqa: ANN202 - returns (config, path)
+    path = path or config_path_from_env()
+    try:
+        config = load_config(path)
+        from agents.app import check_supported
+        from streams.handlers import compile_all
+
+        compile_all(config, file=path)
+        check_supported(config, path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        print(f"herald: configuration {path} is invalid", file=sys.stderr)
+        raise SystemExit(2) from None
+    return config, path
+
+
+def cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
+    if args.config:
+        os.environ["HERALD_CONFIG"] = args.config
+    _load(args.config)  # fail fast with the same messages, before Faust starts
+    argv = [sys.executable, "-m", "faust", "-A", "agents.app", "worker", "-l", "info", *rest]
+    os.execv(sys.executable, argv)
+    return 0  # pragma: no cover - execv does not return
+
+
+def cmd_check(args: argparse.Namespace, rest: list[str]) -> int:
+    config, path = _load(args.config)
+    print(f"{path}: OK")
+    print(describe(config))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
+    from agents.demo import run_demo
+
+    return run_demo(messages=args.messages, keep=args.keep)
+
+
+def cmd_replay(args: argparse.Namespace, rest: list[str]) -> int:
+    from agents.replay import replay
+
+    config, path = _load(args.config)
+    return replay(config, path, args.integration, limit=args.limit, dry_run=args.dry_run)
+
+
+def cmd_rules(args: argparse.Namespace, rest: list[str]) -> int:
+    from agents.rulesctl import delete_rule, put_rules
+
+    config, path = _load(args.config)
+    if args.rules_command == "put":
+        return put_rules(config, path, args.file)
+    return delete_rule(config, args.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="herald", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run a worker; extra options go to faust worker")
+    _config_arg(worker)
+    worker.set_defaults(func=cmd_worker)
+
+    check = sub.add_parser("check", help="validate the configuration and print the plan")
+    _config_arg(check)
+    check.set_defaults(func=cmd_check)
+
+    demo = sub.add_parser("demo", help="run Herald end to end on an embedded broker")
+    demo.add_argument("--messages", type=int, default=0, help="extra generated alarms")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's data directory")
+    demo.set_defaults(func=cmd_demo)
+
+    replay = sub.add_parser("replay", help="re-submit the dead letters of an integration")
+    _config_arg(replay)
+    replay.add_argument("--integration", required=True)
+    replay.add_argument("--limit", type=int, default=None)
+    replay.add_argument("--dry-run", action="store_true")
+    replay.set_defaults(func=cmd_replay)
+
+    rules = sub.add_parser("rules", help="change handlers at runtime")
+    _config_arg(rules)
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    put = rules_sub.add_parser("put", help="validate and publish handlers from a JSON/YAML file")
+    put.add_argument("file")
+    delete = rules_sub.add_parser("delete", help="remove a handler by name")
+    delete.add_argument("name")
+    rules.set_defaults(func=cmd_rules)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "worker":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return int(args.func(args, rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

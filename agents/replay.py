@@ -1,0 +1,131 @@
+"""`herald replay`: re-submit an integration's dead letters.
+
+Delivery failures are re-submitted to the actions topic as they were (same delivery id, so an
+action that did get through in the meantime is skipped by the dedupe table). Decode, condition,
+template and internal failures are routed again from their original bytes with the current
+configuration and the record's original identity. Progress is kept in the consumer group
+`<consumerGroupId>-replay`, so a second run does not repeat the first; letters written while
+replaying (those that fail again) are left for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from agents.topics import actions_name, dlq_name
+from streams.actions.base import ActionRequest
+from streams.config.models import HeraldConfig
+from streams.deadletter import DeadLetter, envelope_of
+from streams.handlers import Evaluation, HandlerIndex, compile_all
+from streams.routing import route
+
+
+def replay(
+    config: HeraldConfig, path: str, integration: str, *, limit: int | None, dry_run: bool
+) -> int:
+    return asyncio.run(_replay(config, path, integration, limit, dry_run))
+
+
+async def _replay(
+    config: HeraldConfig, path: str, integration: str, limit: int | None, dry_run: bool
+) -> int:
+    home = config.home
+    index = HandlerIndex(compile_all(config, file=path))
+    topic = dlq_name(config, integration)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=home.bootstrapServers,
+        group_id=f"{home.consumerGroupId}-replay",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=home.bootstrapServers, acks="all")
+    await consumer.start()
+    await producer.start()
+    counts = {"resubmitted": 0, "rerouted": 0, "dead_again": 0, "letters": 0}
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            print(f"{topic}: no such topic, nothing to replay")
+            return 0
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+        while any(await _behind(consumer, tp, ends[tp]) for tp in tps):
+            batch = await consumer.getmany(timeout_ms=1000)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset >= ends[tp]:
+                        continue
+                    if limit is not None and counts["letters"] >= limit:
+                        break
+                    counts["letters"] += 1
+                    await _replay_one(config, index, producer, record.value, counts, dry_run)
+            if not dry_run:
+                await producer.flush()
+                await consumer.commit()
+            if limit is not None and counts["letters"] >= limit:
+                break
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    verb = "would re-submit" if dry_run else "re-submitted"
+    print(
+        f"{topic}: {counts['letters']} dead letters read; {verb} {counts['resubmitted']} "
+        f"action(s), re-routed {counts['rerouted']} record(s) "
+        f"({counts['dead_again']} failed again and were dead-lettered again)"
+    )
+    return 0
+
+
+async def _behind(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:
+    return await consumer.position(tp) < end
+
+
+async def _replay_one(
+    config: HeraldConfig,
+    index: HandlerIndex,
+    producer: AIOKafkaProducer,
+    value: bytes,
+    counts: dict[str, int],
+    dry_run: bool,
+) -> None:
+    letter = DeadLetter.from_bytes(value)
+    if letter.stage == "delivery" and letter.request:
+        request = ActionRequest(**letter.request)
+        request.replayed += 1
+        counts["resubmitted"] += 1
+        if not dry_run:
+            await producer.send(
+                actions_name(config), request.to_bytes(), key=request.ordering_key.encode()
+            )
+        return
+    envelope = envelope_of(letter, None)
+    handlers = index.for_topic(envelope.integration, envelope.topic)
+    if letter.handler:
+        handlers = [h for h in handlers if h.name == letter.handler]
+    evaluation: Evaluation = route(handlers, envelope)
+    counts["rerouted"] += 1
+    counts["resubmitted"] += len(evaluation.requests)
+    counts["dead_again"] += len(evaluation.dead_letters)
+    if dry_run:
+        return
+    for request in evaluation.requests:
+        request = dataclasses.replace(request, replayed=request.replayed + 1)
+        await producer.send(
+            actions_name(config), request.to_bytes(), key=request.ordering_key.encode()
+        )
+    for again in evaluation.dead_letters:
+        await producer.send(
+            dlq_name(config, again.integration), again.to_bytes(), key=again.key,
+            headers=again.headers(),
+        )

@@ -1,0 +1,116 @@
+"""State one worker shares between its agents: config, rules, HTTP session, producers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import faust
+from aiokafka import AIOKafkaProducer
+
+from agents.rules import RuleSet
+from agents.tables import Tables
+from agents.topics import Topics
+from streams.actions.base import DeliveryContext, Headers
+from streams.config.models import HeraldConfig, Target
+from streams.errors import DeliveryError
+
+log = logging.getLogger("herald")
+
+
+@dataclass
+class Counters:
+    """Plain counters exposed on /stats; cheap enough for the hot path."""
+
+    consumed: int = 0
+    matched: int = 0
+    actions_produced: int = 0
+    dead_lettered: int = 0
+    delivered: int = 0
+    skipped_duplicates: int = 0
+    retries: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Runtime:
+    app: faust.App
+    config: HeraldConfig
+    config_file: str
+    topics: Topics
+    tables: Tables
+    rules: RuleSet
+    counters: Counters = field(default_factory=Counters)
+    _http: aiohttp.ClientSession | None = None
+    _producers: dict[str, AIOKafkaProducer] = field(default_factory=dict)
+
+    @property
+    def home(self) -> str:
+        return self.config.home.name
+
+    @property
+    def targets(self) -> dict[str, Target]:
+        return {t.name: t for t in self.config.targets}
+
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            connector = aiohttp.TCPConnector(limit=max(100, self.config.herald.maxInFlight))
+            self._http = aiohttp.ClientSession(connector=connector)
+        return self._http
+
+    def delivery_context(self) -> DeliveryContext:
+        return DeliveryContext(http=self.http(), targets=self.targets, publish=self.publish)
+
+    async def publish(
+        self,
+        integration: str | None,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+    ) -> dict[str, Any]:
+        """Publish and wait for the broker's acknowledgement."""
+        name = integration or self.home
+        try:
+            if name == self.home:
+                meta = await self.app.producer.send_and_wait(
+                    topic, key, value, partition=None, timestamp=None, headers=headers
+                )
+            else:
+                producer = await self._producer(name)
+                meta = await producer.send_and_wait(topic, value, key=key, headers=headers)
+        except LookupError:
+            raise DeliveryError(
+                f"publish: no integration named {name!r}", retryable=False
+            ) from None
+        except Exception as exc:  # the client's errors: all transient from our point of view
+            raise DeliveryError(
+                f"publish to {name}:{topic} failed: {exc.__class__.__name__}: {exc}",
+                retryable=True,
+            ) from exc
+        return {"topic": meta.topic, "partition": meta.partition, "offset": meta.offset}
+
+    async def _producer(self, name: str) -> AIOKafkaProducer:
+        producer = self._producers.get(name)
+        if producer is None:
+            integration = self.config.integration(name)
+            producer = AIOKafkaProducer(
+                bootstrap_servers=integration.bootstrapServers,
+                acks="all",
+            )
+            await producer.start()
+            self._producers[name] = producer
+        return producer
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        for producer in self._producers.values():
+            await producer.stop()
+        self._producers.clear()
+        await asyncio.sleep(0)

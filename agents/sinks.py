@@ -1,0 +1,216 @@
+"""The sink agent: deliver action records, in order per ordering key, in parallel across keys.
+
+Each ordering key (the actions topic's record key) has a lane: a queue drained by one task, so
+actions with the same key are delivered in order while different keys proceed in parallel and
+a failing endpoint delays only its own keys. `maxInFlight` bounds the records held by lanes,
+which also bounds the repeats a crash can cause.
+
+A record is acked only after its delivery succeeded (and the dedupe table recorded it) or it
+was dead-lettered; then its execution record is written. Before delivering, the dedupe table
+is checked, so a record redelivered after a restart is not delivered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import deque
+
+from faust.streams import _current_event
+from faust.types import TP, EventT, StreamT
+
+from agents.runtime import Runtime
+from streams import executions
+from streams.actions.base import ActionRequest
+from streams.actions.registry import ACTIONS
+from streams.config.models import RetryPolicy
+from streams.deadletter import DeadLetter, b64
+from streams.delivery import run_with_retry
+from streams.errors import DeliveryError
+
+log = logging.getLogger("herald.sink")
+DEFAULT_POLICY = RetryPolicy()
+
+
+class SinkRunner:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.capacity = asyncio.Semaphore(runtime.config.herald.maxInFlight)
+        self.lanes: dict[bytes, deque[EventT]] = {}
+        self.tasks: dict[bytes, asyncio.Task] = {}
+
+    async def run(self, stream: StreamT) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            await self.capacity.acquire()
+            key = event.message.key or b""
+            lane = self.lanes.get(key)
+            if lane is None:
+                lane = self.lanes[key] = deque()
+                self.tasks[key] = asyncio.ensure_future(self._drain(key, lane, manual))
+            lane.append(event)
+
+    def revoke(self, revoked: set[TP]) -> None:
+        """Stop lanes of partitions this worker lost; their records are redelivered elsewhere."""
+        for key, lane in list(self.lanes.items()):
+            if lane and lane[0].message.tp in revoked:
+                self.tasks[key].cancel()
+
+    async def _drain(self, key: bytes, lane: deque[EventT], stream: StreamT) -> None:
+        try:
+            while lane:
+                event = lane[0]
+                await self._process(event)
+                lane.popleft()
+                await stream.ack(event)
+                self.capacity.release()
+        except asyncio.CancelledError:
+            for _ in lane:
+                self.capacity.release()
+            lane.clear()
+        finally:
+            if self.lanes.get(key) is lane:
+                del self.lanes[key]
+                del self.tasks[key]
+
+    async def _process(self, event: EventT) -> None:
+        # Table writes go to the changelog partition of "the current event"; in a lane task
+        # that is the record being delivered (the same partition as the lane's key).
+        _current_event.set(weakref.ref(event))
+        try:
+            request = ActionRequest.from_bytes(event.message.value)
+        except Exception as exc:
+            await self._dead_letter_raw(event, f"unreadable action record: {exc!r}")
+            return
+        try:
+            await self._deliver(event, request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: dead-letter with the reason rather than lose it
+            log.exception("internal error delivering %s", request.id)
+            await self._dead_letter(request, f"internal error: {exc!r}", attempts=0)
+
+    async def _deliver(self, event: EventT, request: ActionRequest) -> None:
+        runtime = self.runtime
+        dedupe = runtime.tables.dedupe
+        now_ms = int(time.time() * 1000)
+        if dedupe.get(request.id.encode()) is not None:
+            runtime.counters.skipped_duplicates += 1
+            self._record(request, executions.SKIPPED, reason="already delivered")
+            return
+        user_key = b"u:" + request.dedupe_key.encode() if request.dedupe_key else None
+        if user_key is not None:
+            expiry = dedupe.get(user_key)
+            if expiry is not None and int(expiry) > now_ms:
+                self._record(request, executions.SKIPPED, reason="dedupe window")
+                dedupe[request.id.encode()] = str(now_ms).encode()
+                return
+        action_cls = ACTIONS.get(request.action)
+        if action_cls is None:
+            await self._dead_letter(request, f"unknown action {request.action!r}", attempts=0)
+            return
+        target = runtime.targets.get(request.target) if request.target else None
+        policy = target.retry if target else DEFAULT_POLICY
+        ctx = runtime.delivery_context()
+
+        def on_retry(attempt: int, error: DeliveryError, delay: float) -> None:
+            runtime.counters.retries += 1
+            log.warning(
+                "%s %s attempt %d failed (%s); retrying in %.2fs",
+                request.action,
+                request.id,
+                attempt,
+                error,
+                delay,
+            )
+
+        outcome = await run_with_retry(
+            lambda: action_cls.deliver(request, ctx, target), policy, on_retry=on_retry
+        )
+        if outcome.ok:
+            delivered = int(time.time() * 1000)
+            dedupe[request.id.encode()] = str(delivered).encode()
+            if user_key is not None and request.dedupe_window_s:
+                dedupe[user_key] = str(delivered + int(request.dedupe_window_s * 1000)).encode()
+            runtime.counters.delivered += 1
+            self._record(
+                request, executions.COMPLETED, attempts=outcome.attempts, result=outcome.result
+            )
+        else:
+            await self._dead_letter(request, str(outcome.error), attempts=outcome.attempts)
+
+    async def _dead_letter(self, request: ActionRequest, reason: str, *, attempts: int) -> None:
+        source = request.source
+        letter = DeadLetter(
+            stage="delivery",
+            reason=reason,
+            integration=request.integration,
+            source={k: v for k, v in source.items() if k != "messageId"},
+            value=None,
+            handler=request.handler,
+            action=request.action,
+            actionIndex=request.index,
+            attempts=attempts,
+            failedAt=int(time.time() * 1000),
+            request=_asdict(request),
+        )
+        await self._publish_dead_letter(letter)
+        log.warning(
+            "dead-lettered %s %s after %d attempts: %s",
+            request.action,
+            request.id,
+            attempts,
+            reason,
+        )
+        self.runtime.counters.dead_lettered += 1
+        self._record(request, executions.DEAD_LETTERED, attempts=attempts, error=reason)
+
+    async def _dead_letter_raw(self, event: EventT, reason: str) -> None:
+        message = event.message
+        letter = DeadLetter(
+            stage="delivery",
+            reason=reason,
+            integration=self.runtime.home,
+            source={
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+                "key": b64(message.key),
+                "headers": {},
+            },
+            value=b64(message.value),
+            failedAt=int(time.time() * 1000),
+        )
+        await self._publish_dead_letter(letter)
+
+    async def _publish_dead_letter(self, letter: DeadLetter) -> None:
+        """Publish a dead letter and wait for the broker; keep trying, never drop it."""
+        topic = self.runtime.topics.dlq(letter.integration)
+        delay = 0.5
+        while True:
+            try:
+                fut = await topic.send(
+                    key=letter.key, value=letter.to_bytes(), headers=letter.headers(), force=True
+                )
+                await fut
+                return
+            except Exception as exc:
+                log.error("could not write dead letter (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _record(self, request: ActionRequest, status: str, **fields: object) -> None:
+        action_cls = ACTIONS.get(request.action)
+        redacted = action_cls.redact(request.payload) if action_cls else None
+        rec = executions.record(request, status, redacted_payload=redacted, **fields)  # type: ignore[arg-type]
+        blob = executions.to_bytes(rec)
+        self.runtime.tables.executions[request.id.encode()] = blob
+        self.runtime.topics.executions.send_soon(key=request.id.encode(), value=blob, force=True)
+
+
+def _asdict(request: ActionRequest) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(request)

@@ -1,0 +1,57 @@
+"""Herald's Faust tables.
+
+- rules (GlobalTable, every worker holds all of it): handler name → EventHandler JSON. Its
+  changelog is the rules topic, so publishing `key=name, value=handler JSON` (or a null value
+  to delete) to `<consumerGroupId>-rules-changelog` changes the handlers of every worker
+  without a restart (`herald rules put` does it after validating).
+- dedupe (RocksDB, partitioned like the actions topic): delivery id → delivered-at ms, and
+  `u:<dedupe key>` → expiry ms for user-level deduplication windows.
+- executions (RocksDB, partitioned like the actions topic): delivery id → execution record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from streams.config.models import HeraldConfig
+
+SEED_PREFIX = b"\x00seed:"
+BYTES = {"key_type": bytes, "value_type": bytes}  # raw serializers: we own the encoding
+
+
+class RulesTable(faust.GlobalTable):
+    """A GlobalTable that counts changes, so readers rebuild their index only when needed."""
+
+    version: int = 0
+
+    def apply_changelog_batch(self, batch: Any, *args: Any, **kwargs: Any) -> None:
+        super().apply_changelog_batch(batch, *args, **kwargs)
+        self.version += 1
+
+
+@dataclass
+class Tables:
+    rules: RulesTable
+    dedupe: faust.Table
+    executions: faust.Table
+
+
+def declare_tables(app: faust.App, config: HeraldConfig) -> Tables:
+    partitions = config.herald.actionPartitions
+    # The app is created with GlobalTable=RulesTable (see agents.app); recovery_buffer_size=1
+    # is faust's advice against the multi-instance recovery loop (faust-streaming #283).
+    # The changelog is Faust's own (`<app id>-rules-changelog`): passing a topic of our own
+    # as changelog_topic makes faust's partition assignor hang (seen with faust 0.15.3).
+    rules = app.GlobalTable(
+        "rules",
+        partitions=1,
+        recovery_buffer_size=1,
+        key_type=bytes,
+        value_type=bytes,
+    )
+    dedupe = app.Table("dedupe", partitions=partitions, **BYTES)
+    executions = app.Table("executions", partitions=partitions, **BYTES)
+    return Tables(rules=rules, dedupe=dedupe, executions=executions)  # type: ignore[arg-type]

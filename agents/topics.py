@@ -1,0 +1,63 @@
+"""Herald's topics: the sources users configure, and its own internal topics.
+
+Internal topics live on the home integration's cluster: `<prefix>-actions` (keyed by ordering
+key; partitions = actionPartitions), `<groupId>-rules-changelog` (handler definitions: the
+changelog of the rules table), `<prefix>-executions` (execution records) and
+`<prefix>-dlq-<integration>` (dead letters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import faust
+from faust.types import TopicT
+
+from streams.config.models import HeraldConfig
+
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+def actions_name(config: HeraldConfig) -> str:
+    return f"{config.herald.topicPrefix}-actions"
+
+
+def rules_name(config: HeraldConfig) -> str:
+    """The rules topic: the changelog Faust names for the `rules` table of app `groupId`."""
+    return f"{config.home.consumerGroupId}-rules-changelog"
+
+
+def executions_name(config: HeraldConfig) -> str:
+    return f"{config.herald.topicPrefix}-executions"
+
+
+def dlq_name(config: HeraldConfig, integration: str) -> str:
+    return f"{config.herald.topicPrefix}-dlq-{integration}"
+
+
+@dataclass
+class Topics:
+    sources: TopicT | None
+    actions: TopicT
+    rules: TopicT
+    executions: TopicT
+    dead_letters: dict[str, TopicT] = field(default_factory=dict)
+
+    def dlq(self, integration: str) -> TopicT:
+        return self.dead_letters[integration]
+
+
+def declare_topics(app: faust.App, config: HeraldConfig, source_names: list[str]) -> Topics:
+    """Declare every topic the worker uses. Source topics are the user's: never created here."""
+    partitions = config.herald.actionPartitions
+    sources = app.topic(*source_names, **RAW) if source_names else None
+    actions = app.topic(actions_name(config), partitions=partitions, internal=True, **RAW)
+    rules = app.topic(rules_name(config), partitions=1, internal=True, **RAW)
+    executions = app.topic(executions_name(config), partitions=partitions, internal=True, **RAW)
+    dead_letters = {
+        integration.name: app.topic(
+            dlq_name(config, integration.name), partitions=1, internal=True, **RAW
+        )
+        for integration in config.integrations
+    }
+    return Topics(sources, actions, rules, executions, dead_letters)

@@ -1,0 +1,34 @@
+"""Health, readiness and counters over Faust's web server."""
+
+from __future__ import annotations
+
+import faust
+from faust.web import Request, Response, View
+
+from agents.runtime import Runtime
+
+
+def register_views(app: faust.App, runtime: Runtime) -> None:
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok"})
+
+    @app.page("/ready")
+    class Ready(View):
+        """Ready when rules are loaded and this worker has been assigned partitions."""
+
+        async def get(self, request: Request) -> Response:
+            assigned = len(app.consumer.assignment()) if app.consumer else 0
+            ready = runtime.rules.ready.is_set() and assigned > 0
+            body = {
+                "ready": ready,
+                "rulesLoaded": runtime.rules.ready.is_set(),
+                "assignedPartitions": assigned,
+            }
+            return self.json(body, status=200 if ready else 503)
+
+    @app.page("/herald/stats")
+    class Stats(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(runtime.counters.as_dict())

@@ -1,0 +1,67 @@
+"""Turning record bytes into the value handlers see.
+
+STRING integrations carry text; a value that is JSON becomes JSON data (so conditions can say
+`$.type`), anything else stays a string, as Conductor's Kafka queue does. A null value (a
+tombstone) is None. Bytes that are not UTF-8 cannot be a STRING message: DecodeError, which
+dead-letters the record with its original bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streams.errors import DecodeError
+
+
+def decode_text(data: bytes | None, what: str = "value") -> str | None:
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"{what} is not UTF-8 text (byte {exc.start}): {data[:32]!r}") from None
+
+
+def decode_string_value(data: bytes | None) -> Any:
+    """A STRING integration's value: JSON data when it parses as JSON, else the text."""
+    text = decode_text(data)
+    if text is None:
+        return None
+    stripped = text.lstrip()
+    if (
+        stripped[:1] in ("{", "[", '"')
+        or stripped[:1].isdigit()
+        or stripped[:1] == "-"
+        or stripped in ("true", "false", "null")
+    ):
+        try:
+            return orjson.loads(data)  # type: ignore[arg-type]
+        except orjson.JSONDecodeError:
+            return text
+    return text
+
+
+def decode_key(data: bytes | None) -> str | None:
+    """Keys are shown as text; a key that is not UTF-8 is shown as hex so it stays usable."""
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.hex()
+
+
+def decode_headers(headers: Any) -> dict[str, str]:
+    """Kafka headers (a list of (name, bytes) pairs) as a name → text map; last one wins."""
+    result: dict[str, str] = {}
+    if not headers:
+        return result
+    items = headers.items() if isinstance(headers, dict) else headers
+    for name, value in items:
+        if isinstance(value, bytes | bytearray):
+            result[str(name)] = bytes(value).decode("utf-8", errors="replace")
+        else:
+            result[str(name)] = "" if value is None else str(value)
+    return result

@@ -1,0 +1,51 @@
+"""Execution records: one per action of a matched message, as Conductor keeps them.
+
+`{id, messageId, handler, event, action, status, attempts, error, result, payload, at}` with
+status COMPLETED, FAILED, SKIPPED or DEAD_LETTERED. `id` is the delivery id (the same value
+sent as `Idempotency-Key`). Payloads are redacted: no integration keys or other secrets.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from streams.actions.base import ActionRequest
+
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+SKIPPED = "SKIPPED"
+DEAD_LETTERED = "DEAD_LETTERED"
+
+
+def record(
+    request: ActionRequest,
+    status: str,
+    *,
+    attempts: int = 0,
+    error: str | None = None,
+    result: Any = None,
+    redacted_payload: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": request.id,
+        "messageId": request.source.get("messageId"),
+        "handler": request.handler,
+        "event": request.event,
+        "action": request.action,
+        "actionIndex": request.index,
+        "status": status,
+        "attempts": attempts,
+        "error": error,
+        "reason": reason,
+        "result": result,
+        "payload": redacted_payload,
+        "at": int(time.time() * 1000),
+    }
+
+
+def to_bytes(rec: dict[str, Any]) -> bytes:
+    return orjson.dumps(rec)

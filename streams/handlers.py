@@ -1,0 +1,298 @@
+"""Event handlers, compiled once and evaluated per message.
+
+`compile_handler` turns a configured EventHandler into a `CompiledHandler`: condition parsed,
+templates compiled, action parameters validated, targets resolved. Every problem is reported
+at once with its field path, so a broken configuration stops the worker before it consumes.
+
+`evaluate` is the whole source stage for one message, pure and synchronous: for each handler
+it runs the condition and renders the actions, and returns the action requests to produce and
+the dead letters for whatever failed. A failure in one handler never affects another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from streams.actions.base import ActionRequest, ActionType, delivery_id
+from streams.actions.registry import ACTIONS
+from streams.conditions import Condition, compile_condition
+from streams.config.models import Action, EventHandler, HeraldConfig, Target
+from streams.deadletter import DeadLetter, for_envelope, source_of
+from streams.errors import ConditionError, ConfigError, TemplateError
+from streams.message import Envelope
+from streams.templating import Template, compile_template, expand_inline_json
+
+
+@dataclass(slots=True)
+class CompiledAction:
+    index: int
+    action_type: ActionType
+    template: Template
+    expand_inline_json: bool
+    ordering_key: Template | None
+    dedupe_key: Template | None
+    dedupe_window: float | None
+
+    @property
+    def name(self) -> str:
+        return self.action_type.name
+
+    @property
+    def target_name(self) -> str | None:
+        return self.action_type.target.name if self.action_type.target else None
+
+
+@dataclass(slots=True)
+class CompiledHandler:
+    spec: EventHandler
+    integration: str
+    topic: str
+    condition: Condition
+    actions: list[CompiledAction]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """What the source stage produces for one message."""
+
+    requests: list[ActionRequest] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def compile_handler(
+    handler: EventHandler,
+    config: HeraldConfig,
+    path: str,
+    *,
+    file: str,
+) -> CompiledHandler:
+    """Compile one handler; raise ConfigError listing every problem found in it."""
+    problems: list[str] = []
+    where = f"{file}: {path}"
+    integration = handler.integration_name or config.home.name
+    condition: Condition | None = None
+    try:
+        condition = compile_condition(
+            handler.condition,
+            handler.evaluatorType,
+            time_limit_ms=config.herald.conditionTimeLimitMs,
+            memory_limit_bytes=config.herald.conditionMemoryLimitMb * 1024 * 1024,
+        )
+    except ConditionError as exc:
+        problems.append(f"{where}.condition: {exc}; fix the expression")
+    actions: list[CompiledAction] = []
+    for index, action in enumerate(handler.actions):
+        compiled = _compile_action(action, index, config, f"{where}.actions[{index}]", problems)
+        if compiled is not None:
+            actions.append(compiled)
+    if problems or condition is None:
+        raise ConfigError(problems)
+    return CompiledHandler(handler, integration, handler.topic, condition, actions)
+
+
+def _compile_action(
+    action: Action, index: int, config: HeraldConfig, where: str, problems: list[str]
+) -> CompiledAction | None:
+    action_cls = ACTIONS.get(action.action)
+    if action_cls is None:
+        problems.append(
+            f"{where}.action: unknown action {action.action!r}; use one of "
+            f"{', '.join(sorted(ACTIONS))}"
+        )
+        return None
+    extra = action.model_extra or {}
+    stray = sorted(k for k in extra if k != action.action)
+    for name in stray:
+        problems.append(
+            f"{where}.{name}: unknown field {name!r}; parameters of this action go under "
+            f"{action.action!r}"
+        )
+    raw = extra.get(action.action)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where}.{action.action}: must be a mapping of parameters")
+        return None
+    try:
+        params = action_cls.Params.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            problems.append(f"{where}.{action.action}.{loc}: {_pydantic_hint(err)}")
+        return None
+    target = _resolve_target(action_cls, getattr(params, "target", None), config, where, problems)
+    action_type = action_cls(params, target)
+    try:
+        template = compile_template(action_type.template_source())
+        ordering = compile_template(action.orderingKey) if action.orderingKey else None
+        dedupe = compile_template(action.dedupe.key) if action.dedupe else None
+    except TemplateError as exc:
+        problems.append(f"{where}.{action.action}: template error: {exc}")
+        return None
+    return CompiledAction(
+        index=index,
+        action_type=action_type,
+        template=template,
+        expand_inline_json=action.expandInlineJSON,
+        ordering_key=ordering,
+        dedupe_key=dedupe,
+        dedupe_window=action.dedupe.windowSeconds if action.dedupe else None,
+    )
+
+
+def _pydantic_hint(err: Any) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return f"unknown field {err['loc'][-1]!r}; remove it or check its spelling"
+    if kind == "missing":
+        return "field required; set it"
+    return f"{err.get('msg', 'invalid value')}"
+
+
+def _resolve_target(
+    action_cls: type[ActionType],
+    name: str | None,
+    config: HeraldConfig,
+    where: str,
+    problems: list[str],
+) -> Target | None:
+    """The named target, or the only target of the action's type when none is named."""
+    if action_cls.target_type is None:
+        return None
+    if name is None:
+        candidates = [t for t in config.targets if t.type == action_cls.target_type]
+        return candidates[0] if len(candidates) == 1 else None
+    try:
+        target = config.target(name)
+    except LookupError:
+        problems.append(
+            f"{where}.{action_cls.name}.target: no target named {name!r}; define it under targets"
+        )
+        return None
+    if target.type != action_cls.target_type:
+        problems.append(
+            f"{where}.{action_cls.name}.target: target {name!r} is a {target.type} target; "
+            f"{action_cls.name} needs a {action_cls.target_type} target"
+        )
+        return None
+    return target
+
+
+def compile_all(config: HeraldConfig, *, file: str) -> list[CompiledHandler]:
+    """Compile every handler of a configuration, collecting all problems."""
+    problems: list[str] = []
+    compiled: list[CompiledHandler] = []
+    for i, handler in enumerate(config.eventHandlers):
+        try:
+            compiled.append(
+                compile_handler(
+                    handler, config, f"eventHandlers[{i}](name={handler.name})", file=file
+                )
+            )
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return compiled
+
+
+def evaluate(handlers: Iterable[CompiledHandler], envelope: Envelope) -> Evaluation:
+    """Run every handler against one message. Never raises for bad data."""
+    result = Evaluation()
+    meta = envelope.meta()
+    for handler in handlers:
+        try:
+            matched = handler.condition.evaluate(envelope.value, meta)
+        except ConditionError as exc:
+            result.dead_letters.append(
+                for_envelope(envelope, "condition", str(exc), handler=handler.name)
+            )
+            continue
+        if not matched:
+            result.skipped.append(handler.name)
+            continue
+        for action in handler.actions:
+            outcome = render_action(handler, action, envelope, meta)
+            if isinstance(outcome, DeadLetter):
+                result.dead_letters.append(outcome)
+            else:
+                result.requests.append(outcome)
+    return result
+
+
+def render_action(
+    handler: CompiledHandler, action: CompiledAction, envelope: Envelope, meta: dict[str, Any]
+) -> ActionRequest | DeadLetter:
+    """Render one action against a message: an ActionRequest, or a dead letter saying why."""
+    try:
+        value = expand_inline_json(envelope.value) if action.expand_inline_json else envelope.value
+        rendered = action.template.render(value, meta)
+        payload = action.action_type.finish(rendered, envelope)
+        dedupe_key = _render_text(action.dedupe_key, value, meta)
+        ordering = (
+            _render_text(action.ordering_key, value, meta)
+            or dedupe_key
+            or action.action_type.ordering_key(payload, envelope)
+            or envelope.key
+            or f"{envelope.topic}/{envelope.partition}"
+        )
+    except TemplateError as exc:
+        return for_envelope(
+            envelope,
+            "template",
+            str(exc),
+            handler=handler.name,
+            action=action.name,
+            index=action.index,
+        )
+    source = source_of(envelope)
+    source["messageId"] = envelope.message_id
+    return ActionRequest(
+        id=delivery_id(envelope.message_id, handler.name, action.index),
+        handler=handler.name,
+        event=handler.spec.event,
+        action=action.name,
+        index=action.index,
+        payload=payload,
+        ordering_key=ordering,
+        source=source,
+        integration=envelope.integration,
+        created_ms=int(time.time() * 1000),
+        target=action.target_name,
+        dedupe_key=dedupe_key,
+        dedupe_window_s=action.dedupe_window,
+    )
+
+
+def _render_text(template: Template | None, value: Any, meta: dict[str, Any]) -> str | None:
+    if template is None:
+        return None
+    rendered = template.render(value, meta)
+    return None if rendered is None or rendered == "" else str(rendered)
+
+
+class HandlerIndex:
+    """Active handlers by (integration, topic), for the source agent's lookup per message."""
+
+    def __init__(self, handlers: Sequence[CompiledHandler]) -> None:
+        self.handlers = list(handlers)
+        self._by_topic: dict[tuple[str, str], list[CompiledHandler]] = {}
+        for handler in handlers:
+            if handler.spec.active:
+                self._by_topic.setdefault((handler.integration, handler.topic), []).append(handler)
+
+    def for_topic(self, integration: str, topic: str) -> list[CompiledHandler]:
+        return self._by_topic.get((integration, topic), [])
+
+    def topics(self) -> set[tuple[str, str]]:
+        return set(self._by_topic)
