@@ -14,25 +14,11 @@ import faust
 from faust.types import TopicT
 
 from streams.config.models import HeraldConfig
+from streams.topicnames import actions_name, dlq_name, executions_name, rules_name
+
+__all__ = ["Topics", "declare_topics", "actions_name", "dlq_name", "executions_name", "rules_name"]
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-
-
-def actions_name(config: HeraldConfig) -> str:
-    return f"{config.herald.topicPrefix}-actions"
-
-
-def rules_name(config: HeraldConfig) -> str:
-    """The rules topic: the changelog Faust names for the `rules` table of app `groupId`."""
-    return f"{config.home.consumerGroupId}-rules-changelog"
-
-
-def executions_name(config: HeraldConfig) -> str:
-    return f"{config.herald.topicPrefix}-executions"
-
-
-def dlq_name(config: HeraldConfig, integration: str) -> str:
-    return f"{config.herald.topicPrefix}-dlq-{integration}"
 
 
 @dataclass

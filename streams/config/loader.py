@@ -796,9 +796,10 @@ def consumed_topics(config: HeraldConfig) -> dict[str, list[str]]:
 def internal_topics(config: HeraldConfig) -> list[str]:
     """Herald's own topics (on the home integration's cluster), dead-letter topics only for
     integrations that have active handlers."""
-    prefix = config.herald.topicPrefix
-    fixed = [f"{prefix}-actions", f"{prefix}-rules", f"{prefix}-executions"]
-    return fixed + [f"{prefix}-dlq-{name}" for name in consumed_topics(config)]
+    from streams.topicnames import actions_name, dlq_name, executions_name, rules_name
+
+    fixed = [actions_name(config), rules_name(config), executions_name(config)]
+    return fixed + [dlq_name(config, name) for name in consumed_topics(config)]
 
 
 def describe(config: HeraldConfig) -> str:

@@ -649,11 +649,11 @@ def test_describe_masks_secrets_and_shows_what_herald_will_do() -> None:
     assert "dormant  [inactive]" in output
     assert internal_topics(config) == [
         "herald-actions",
-        "herald-rules",
+        "herald-rules-changelog",
         "herald-executions",
         "herald-dlq-local",
     ]
     assert output.endswith(
-        "Internal topics (on local):\n  herald-actions\n  herald-rules\n  herald-executions\n"
+        "Internal topics (on local):\n  herald-actions\n  herald-rules-changelog\n  herald-executions\n"
         "  herald-dlq-local"
     )
