@@ -20,6 +20,7 @@ from agents.sources import SourceRunner
 from agents.tables import RulesTable, declare_tables
 from agents.topics import declare_topics, rules_name
 from agents.views import register_views
+from streams.config.capabilities import check_supported
 from streams.config.loader import config_path_from_env, load_config
 from streams.config.models import HeraldConfig
 from streams.errors import ConfigError
@@ -33,35 +34,6 @@ def source_topics(config: HeraldConfig) -> list[str]:
     home = config.home.name
     names = {h.topic for h in config.eventHandlers if (h.integration_name or home) == home}
     return sorted(names | set(config.herald.extraSourceTopics))
-
-
-def check_supported(config: HeraldConfig, file: str) -> None:
-    """Refuse what this version cannot do yet, naming the field, rather than misbehave."""
-    problems = []
-    home = config.home
-    for i, integration in enumerate(config.integrations):
-        if integration.security_protocol != "PLAINTEXT":
-            problems.append(
-                f"{file}: integrations[{i}](name={integration.name}).connectionSecurity: "
-                f"{integration.connectionSecurity!r} is not supported by this version yet; "
-                "use PLAINTEXT"
-            )
-        if integration.sendingProtocol.value != "STRING":
-            problems.append(
-                f"{file}: integrations[{i}](name={integration.name}).sendingProtocol: AVRO is "
-                "not supported by this version yet; use STRING"
-            )
-    for i, handler in enumerate(config.eventHandlers):
-        integration = config.integration(handler.integration_name)
-        if integration.bootstrapServers != home.bootstrapServers:
-            problems.append(
-                f"{file}: eventHandlers[{i}](name={handler.name}).event: consuming from "
-                f"integration {integration.name!r} on another cluster than the home integration "
-                f"{home.name!r} is not supported yet; consume it from a Herald deployment whose "
-                "home integration it is"
-            )
-    if problems:
-        raise ConfigError(problems)
 
 
 def create_app(config: HeraldConfig, config_file: str) -> faust.App:

@@ -29,7 +29,7 @@ def _load(path: str | None):  # noqa: ANN202 - returns (config, path)
     path = path or config_path_from_env()
     try:
         config = load_config(path)
-        from agents.app import check_supported
+        from streams.config.capabilities import check_supported
         from streams.handlers import compile_all
 
         compile_all(config, file=path)

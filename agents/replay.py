@@ -60,7 +60,7 @@ async def _replay(
             committed = await consumer.committed(tp)
             if committed is None:
                 await consumer.seek_to_beginning(tp)
-        while any(await _behind(consumer, tp, ends[tp]) for tp in tps):
+        while await _behind(consumer, tps, ends):
             batch = await consumer.getmany(timeout_ms=1000)
             for tp, records in batch.items():
                 for record in records:
@@ -87,8 +87,14 @@ async def _replay(
     return 0
 
 
-async def _behind(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:
-    return await consumer.position(tp) < end
+async def _behind(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], ends: dict[TopicPartition, int]
+) -> bool:
+    """Whether any partition's position is still before the end seen when replay started."""
+    for tp in tps:
+        if await consumer.position(tp) < ends[tp]:
+            return True
+    return False
 
 
 async def _replay_one(

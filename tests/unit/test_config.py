@@ -654,6 +654,6 @@ def test_describe_masks_secrets_and_shows_what_herald_will_do() -> None:
         "herald-dlq-local",
     ]
     assert output.endswith(
-        "Internal topics (on local):\n  herald-actions\n  herald-rules-changelog\n  herald-executions\n"
-        "  herald-dlq-local"
+        "Internal topics (on local):\n  herald-actions\n  herald-rules-changelog\n"
+        "  herald-executions\n  herald-dlq-local"
     )

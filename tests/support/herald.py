@@ -1,0 +1,156 @@
+"""Run real Herald workers in tests: write a configuration, create its topics, start workers.
+
+A `HeraldDeployment` is one configuration (one consumer group, one topic prefix) and any
+number of worker processes running it, as an operator would deploy Herald. Tests talk to the
+workers only through Kafka, HTTP and the workers' own web endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.embedded.broker import create_topics
+from tests.support.worker import WorkerProcess
+
+FAST_SETTINGS: dict[str, Any] = {
+    # tansu completes a group's first join after half the session timeout: keep it short.
+    "sessionTimeoutSeconds": 3.0,
+    "commitIntervalSeconds": 0.5,
+    "actionPartitions": 4,
+    "maxInFlight": 16,
+}
+
+FAST_RETRY: dict[str, Any] = {
+    "maxAttempts": 5,
+    "initialBackoffMs": 100,
+    "maxBackoffMs": 1000,
+    "multiplier": 2.0,
+    "jitter": 0.1,
+    "maxElapsedSeconds": 30,
+}
+
+
+class HeraldDeployment:
+    """One Herald configuration on the test broker, with its workers."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        bootstrap: str,
+        *,
+        handlers: list[dict[str, Any]],
+        targets: list[dict[str, Any]] | None = None,
+        settings: dict[str, Any] | None = None,
+        source_partitions: int = 3,
+        extra_topics: dict[str, int] | None = None,
+    ) -> None:
+        self.tmp_path = tmp_path
+        self.bootstrap = bootstrap
+        run = uuid.uuid4().hex[:8]
+        self.group = f"herald-{run}"
+        self.prefix = f"h{run}"
+        herald = {**FAST_SETTINGS, "topicPrefix": self.prefix, **(settings or {})}
+        self.config: dict[str, Any] = {
+            "herald": herald,
+            "integrations": [
+                {"name": "local", "bootstrapServers": bootstrap, "consumerGroupId": self.group}
+            ],
+            "targets": targets or [],
+            "eventHandlers": handlers,
+        }
+        self.config_path = tmp_path / f"herald-{run}.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        topics = {h["event"].rsplit(":", 1)[-1]: source_partitions for h in handlers}
+        topics.update(extra_topics or {})
+        create_topics(bootstrap, topics)
+        self.workers: list[WorkerProcess] = []
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.prefix}-dlq-local"
+
+    @property
+    def executions_topic(self) -> str:
+        return f"{self.prefix}-executions"
+
+    @property
+    def rules_topic(self) -> str:
+        return f"{self.group}-rules-changelog"
+
+    def worker(self, index: int | None = None) -> WorkerProcess:
+        """A new worker process for this deployment (not started)."""
+        workdir = self.tmp_path / f"worker-{len(self.workers) if index is None else index}"
+        env = {
+            "HERALD_CONFIG": str(self.config_path),
+            "HERALD_DATA_DIR": str(workdir / "data"),
+        }
+        worker = WorkerProcess(env=env, workdir=workdir)
+        self.workers.append(worker)
+        return worker
+
+    def start_worker(self, worker: WorkerProcess | None = None, timeout: float = 60.0):
+        worker = worker or self.worker()
+        worker.start()
+        worker.wait_ready(timeout)
+        wait_http_ready(worker, timeout)
+        return worker
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            if worker.running:
+                worker.stop()
+
+
+def wait_http_ready(worker: WorkerProcess, timeout: float = 60.0) -> None:
+    """Wait until the worker's /ready says rules are loaded and partitions assigned."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not worker.running:
+            raise AssertionError(f"worker exited:\n{worker.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{worker.web_url}/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = exc.read().decode(errors="replace")
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise AssertionError(f"worker not ready within {timeout}s ({last}):\n{worker.log_tail()}")
+
+
+def stats(worker: WorkerProcess) -> dict[str, int]:
+    with urllib.request.urlopen(f"{worker.web_url}/herald/stats", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def ilert_target(receiver_url: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "ilert",
+        "type": "ilert",
+        "baseUrl": receiver_url,
+        "integrationKey": "il1test-key",
+        "timeoutSeconds": 2,
+        "retry": FAST_RETRY,
+        **extra,
+    }
+
+
+def webhook_target(receiver_url: str, name: str = "hooks", **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "webhook",
+        "url": f"{receiver_url}/hooks/",
+        "timeoutSeconds": 2,
+        "retry": FAST_RETRY,
+        **extra,
+    }
