@@ -29,7 +29,7 @@ def decode_string_value(data: bytes | None) -> Any:
     text = decode_text(data)
     if text is None:
         return None
-    stripped = text.lstrip()
+    stripped = text.strip()  # JSON allows whitespace on both sides: `true\n` is JSON
     if (
         stripped[:1] in ("{", "[", '"')
         or stripped[:1].isdigit()

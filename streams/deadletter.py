@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from streams import codecs
 from streams.message import Envelope
 
 STAGES = ("decode", "condition", "template", "delivery")
@@ -114,7 +115,7 @@ def envelope_of(letter: DeadLetter, value: Any) -> Envelope:
         partition=source["partition"],
         offset=source["offset"],
         integration=letter.integration,
-        key=None if raw_key is None else raw_key.decode("utf-8", errors="replace"),
+        key=codecs.decode_key(raw_key),  # as the source agent shows it
         headers=dict(source.get("headers") or {}),
         timestamp=source.get("timestamp"),
         raw_value=unb64(letter.value),

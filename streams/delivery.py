@@ -35,7 +35,10 @@ class Outcome:
 
 def backoff_seconds(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
     """Delay before retry number `attempt` (1 = first retry): exponential, capped, jittered."""
-    base = policy.initialBackoffMs * (policy.multiplier ** (attempt - 1))
+    try:
+        base = policy.initialBackoffMs * (policy.multiplier ** (attempt - 1))
+    except OverflowError:  # a long run of retries: beyond any cap (unless there is no backoff)
+        base = float("inf") if policy.initialBackoffMs else 0.0
     capped = min(base, policy.maxBackoffMs) / 1000.0
     spread = capped * policy.jitter
     return max(0.0, capped + (rng or random).uniform(-spread, spread))

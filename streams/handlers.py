@@ -132,12 +132,13 @@ def _compile_action(
         return None
     target = _resolve_target(action_cls, getattr(params, "target", None), config, where, problems)
     action_type = action_cls(params, target)
-    try:
-        template = compile_template(action_type.template_source())
-        ordering = compile_template(action.orderingKey) if action.orderingKey else None
-        dedupe = compile_template(action.dedupe.key) if action.dedupe else None
-    except TemplateError as exc:
-        problems.append(f"{where}.{action.action}: template error: {exc}")
+    before = len(problems)
+    template = _template(action_type.template_source(), f"{where}.{action.action}", problems)
+    ordering = _template(action.orderingKey, f"{where}.orderingKey", problems)
+    dedupe = (
+        _template(action.dedupe.key, f"{where}.dedupe.key", problems) if action.dedupe else None
+    )
+    if template is None or len(problems) > before:
         return None
     return CompiledAction(
         index=index,
@@ -148,6 +149,17 @@ def _compile_action(
         dedupe_key=dedupe,
         dedupe_window=action.dedupe.windowSeconds if action.dedupe else None,
     )
+
+
+def _template(source: Any, where: str, problems: list[str]) -> Template | None:
+    """The compiled template of a non-empty source; None (and a problem noted) when invalid."""
+    if source is None or source == "":
+        return None
+    try:
+        return compile_template(source)
+    except TemplateError as exc:
+        problems.append(f"{where}: template error: {exc}")
+        return None
 
 
 def _pydantic_hint(err: Any) -> str:
@@ -206,14 +218,52 @@ def compile_all(config: HeraldConfig, *, file: str) -> list[CompiledHandler]:
     return compiled
 
 
+_UNSET: Any = object()
+
+
+class _Message:
+    """The message as Conductor hands it to conditions and actions.
+
+    Conductor (`DefaultEventProcessor.executeEvent`) evaluates every non-empty condition
+    against the payload after `JsonUtils.expand`, and gives each action the payload as parsed,
+    expanded only when the action says `expandInlineJSON` (`SimpleActionProcessor.execute`).
+    The expansion is computed at most once per message, and only when something needs it.
+    (Conductor's `expand` works in place, so from its second handler on a condition sees the
+    payload expanded again; Herald gives every condition the once-expanded payload.)
+    """
+
+    __slots__ = ("value", "_expanded", "_failure")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._expanded: Any = _UNSET
+        self._failure: str | None = None
+
+    def expanded(self) -> Any:
+        """The value with inline JSON expanded; TemplateError if the message is too deep."""
+        if self._expanded is _UNSET and self._failure is None:
+            try:
+                self._expanded = expand_inline_json(self.value)
+            except RecursionError:
+                self._failure = "message is nested too deeply to expand inline JSON"
+        if self._failure is not None:
+            raise TemplateError(self._failure)
+        return self._expanded
+
+    def for_action(self, action: CompiledAction) -> Any:
+        return self.expanded() if action.expand_inline_json else self.value
+
+
 def evaluate(handlers: Iterable[CompiledHandler], envelope: Envelope) -> Evaluation:
     """Run every handler against one message. Never raises for bad data."""
     result = Evaluation()
     meta = envelope.meta()
+    message = _Message(envelope.value)
     for handler in handlers:
+        condition = handler.condition
         try:
-            matched = handler.condition.evaluate(envelope.value, meta)
-        except ConditionError as exc:
+            matched = condition.always_true or condition.evaluate(message.expanded(), meta)
+        except (ConditionError, TemplateError) as exc:
             result.dead_letters.append(
                 for_envelope(envelope, "condition", str(exc), handler=handler.name)
             )
@@ -222,7 +272,7 @@ def evaluate(handlers: Iterable[CompiledHandler], envelope: Envelope) -> Evaluat
             result.skipped.append(handler.name)
             continue
         for action in handler.actions:
-            outcome = render_action(handler, action, envelope, meta)
+            outcome = render_action(handler, action, envelope, meta, message=message)
             if isinstance(outcome, DeadLetter):
                 result.dead_letters.append(outcome)
             else:
@@ -231,11 +281,16 @@ def evaluate(handlers: Iterable[CompiledHandler], envelope: Envelope) -> Evaluat
 
 
 def render_action(
-    handler: CompiledHandler, action: CompiledAction, envelope: Envelope, meta: dict[str, Any]
+    handler: CompiledHandler,
+    action: CompiledAction,
+    envelope: Envelope,
+    meta: dict[str, Any],
+    *,
+    message: _Message | None = None,
 ) -> ActionRequest | DeadLetter:
     """Render one action against a message: an ActionRequest, or a dead letter saying why."""
     try:
-        value = expand_inline_json(envelope.value) if action.expand_inline_json else envelope.value
+        value = (message or _Message(envelope.value)).for_action(action)
         rendered = action.template.render(value, meta)
         payload = action.action_type.finish(rendered, envelope)
         dedupe_key = _render_text(action.dedupe_key, value, meta)

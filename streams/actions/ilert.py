@@ -133,10 +133,11 @@ class IlertEvent(ActionType):
             body["integrationKey"] = target.integrationKey.get_secret_value()
         key = str(body.get("integrationKey", ""))
         url = _base(target) + request.payload["path"].replace("{integrationKey}", key)
-        status, text = await http_request(
-            ctx.http,
+        status, text = await _request(
+            ctx,
             "POST",
             url,
+            key,
             timeout=cls.timeout(target),
             json_body=body,
             headers=_headers(ctx, request, target),
@@ -168,6 +169,24 @@ def _headers(ctx: DeliveryContext, request: ActionRequest, target: Target | None
     if target is not None:
         headers.update(target.headers)
     return headers
+
+
+async def _request(
+    ctx: DeliveryContext, method: str, url: str, key: str, **kwargs: Any
+) -> tuple[int, str]:
+    """http_request, with the integration key masked in errors: the URL may hold it, and the
+    error text ends up in dead letters, execution records and logs."""
+    try:
+        return await http_request(ctx.http, method, url, **kwargs)
+    except DeliveryError as exc:
+        if not key or key not in str(exc):
+            raise
+        raise DeliveryError(
+            str(exc).replace(key, "***"),
+            retryable=exc.retryable,
+            retry_after=exc.retry_after,
+            status=exc.status,
+        ) from None
 
 
 class IlertHeartbeatParams(ParamsModel):
@@ -212,10 +231,11 @@ class IlertHeartbeat(ActionType):
         if not key:
             raise DeliveryError("ilert_heartbeat has no integrationKey", retryable=False)
         url = _base(target) + request.payload["path"].replace("{integrationKey}", str(key))
-        status, _ = await http_request(
-            ctx.http,
+        status, _ = await _request(
+            ctx,
             "GET",
             url,
+            str(key),
             timeout=cls.timeout(target),
             headers=_headers(ctx, request, target),
         )

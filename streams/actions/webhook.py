@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 import orjson
+from multidict import CIMultiDict
 
 from streams.actions.base import (
     ActionInputError,
@@ -60,7 +61,8 @@ class Webhook(ActionType):
         cls, request: ActionRequest, ctx: DeliveryContext, target: Target | None
     ) -> Any:
         payload = request.payload
-        headers = {"User-Agent": ctx.user_agent, "Idempotency-Key": request.id}
+        # Header names are case-insensitive: a user's `content-type` replaces the default one.
+        headers = CIMultiDict({"User-Agent": ctx.user_agent, "Idempotency-Key": request.id})
         if target is not None:
             headers.update(target.headers)
         headers.update(payload.get("headers") or {})
@@ -78,6 +80,6 @@ class Webhook(ActionType):
             payload["url"],
             timeout=cls.timeout(target),
             data=data,
-            headers=headers,
+            headers=dict(headers),
         )
         return {"status": status, "response": text[:500]}
