@@ -17,7 +17,7 @@ from agents.rules import RuleSet
 from agents.runtime import Runtime
 from agents.sinks import SinkRunner
 from agents.sources import SourceRunner
-from agents.tables import RulesTable, declare_tables
+from agents.tables import DurableTable, RulesTable, declare_tables
 from agents.topics import declare_topics, rules_name
 from agents.views import register_views
 from streams.config.capabilities import check_supported
@@ -50,6 +50,7 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
         web_port=int(os.environ.get("HERALD_WEB_PORT", settings.webPort)),
         topic_partitions=settings.actionPartitions,
         topic_replication_factor=settings.replicationFactor,
+        Table=DurableTable,
         GlobalTable=RulesTable,
         stream_wait_empty=False,
         producer_acks=-1,

@@ -131,9 +131,12 @@ class SinkRunner:
         )
         if outcome.ok:
             delivered = int(time.time() * 1000)
-            dedupe[request.id.encode()] = str(delivered).encode()
             if user_key is not None and request.dedupe_window_s:
                 dedupe[user_key] = str(delivered + int(request.dedupe_window_s * 1000)).encode()
+            dedupe[request.id.encode()] = str(delivered).encode()
+            # Ack only once the mark is durable: a record redelivered after a crash is then
+            # either undelivered or skipped, except the ones in flight at the crash.
+            await _durable(dedupe.last_changelog)
             runtime.counters.delivered += 1
             self._record(
                 request, executions.COMPLETED, attempts=outcome.attempts, result=outcome.result
@@ -208,6 +211,16 @@ class SinkRunner:
         blob = executions.to_bytes(rec)
         self.runtime.tables.executions[request.id.encode()] = blob
         self.runtime.topics.executions.send_soon(key=request.id.encode(), value=blob, force=True)
+
+
+async def _durable(changelog_write: object) -> None:
+    """Wait for a table's changelog write; a failure is logged, the delivery still counts."""
+    if changelog_write is None:
+        return
+    try:
+        await changelog_write  # type: ignore[misc]
+    except Exception as exc:  # the record stays unacked only if we raise; we do not
+        log.warning("dedupe mark not confirmed by the broker: %s", exc)
 
 
 def _asdict(request: ActionRequest) -> dict:

@@ -22,6 +22,17 @@ SEED_PREFIX = b"\x00seed:"
 BYTES = {"key_type": bytes, "value_type": bytes}  # raw serializers: we own the encoding
 
 
+class DurableTable(faust.Table):
+    """A Table that hands out the changelog write of the last change, so a caller can wait
+    until that change is durable in Kafka before it acknowledges the record that caused it."""
+
+    last_changelog: Any = None
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        self.last_changelog = super().send_changelog(*args, **kwargs)
+        return self.last_changelog
+
+
 class RulesTable(faust.GlobalTable):
     """A GlobalTable that counts changes, so readers rebuild their index only when needed."""
 
@@ -35,14 +46,15 @@ class RulesTable(faust.GlobalTable):
 @dataclass
 class Tables:
     rules: RulesTable
-    dedupe: faust.Table
-    executions: faust.Table
+    dedupe: DurableTable
+    executions: DurableTable
 
 
 def declare_tables(app: faust.App, config: HeraldConfig) -> Tables:
     partitions = config.herald.actionPartitions
-    # The app is created with GlobalTable=RulesTable (see agents.app); recovery_buffer_size=1
-    # is faust's advice against the multi-instance recovery loop (faust-streaming #283).
+    # The app is created with Table=DurableTable and GlobalTable=RulesTable (agents.app).
+    # recovery_buffer_size=1 is faust's advice against the multi-instance recovery loop
+    # (faust-streaming #283).
     # The changelog is Faust's own (`<app id>-rules-changelog`): passing a topic of our own
     # as changelog_topic makes faust's partition assignor hang (seen with faust 0.15.3).
     rules = app.GlobalTable(
