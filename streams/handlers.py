@@ -183,6 +183,12 @@ def _resolve_target(
         return None
     if name is None:
         candidates = [t for t in config.targets if t.type == action_cls.target_type]
+        if len(candidates) > 1:
+            names = ", ".join(t.name for t in candidates)
+            problems.append(
+                f"{where}.{action_cls.name}.target: there are several {action_cls.target_type} "
+                f"targets ({names}); name one with target"
+            )
         return candidates[0] if len(candidates) == 1 else None
     try:
         target = config.target(name)
@@ -193,8 +199,8 @@ def _resolve_target(
         return None
     if target.type != action_cls.target_type:
         problems.append(
-            f"{where}.{action_cls.name}.target: target {name!r} is a {target.type} target; "
-            f"{action_cls.name} needs a {action_cls.target_type} target"
+            f"{where}.{action_cls.name}.target: target {name!r} has type {target.type}; "
+            f"{action_cls.name} needs a target of type {action_cls.target_type}"
         )
         return None
     return target

@@ -14,10 +14,10 @@ import pytest
 from streams import handlers as handlers_module
 from streams.actions.base import ActionRequest
 from streams.actions.ilert import IlertEvent
-from streams.config.models import HeraldConfig
+from streams.config.models import EventHandler, HeraldConfig
 from streams.deadletter import DeadLetter
 from streams.errors import ConfigError
-from streams.handlers import CompiledHandler, HandlerIndex, compile_all, evaluate
+from streams.handlers import CompiledHandler, HandlerIndex, compile_all, compile_handler, evaluate
 from streams.message import Envelope
 from streams.routing import route
 
@@ -548,8 +548,28 @@ def test_compile_target_of_wrong_type() -> None:
     action = {"action": "webhook", "webhook": {"target": "ilert"}}
 
     assert problems_of(handler("h", action)) == [
-        f"{WHERE}.actions[0].webhook.target: target 'ilert' is a ilert target; webhook needs "
-        "a webhook target"
+        f"{WHERE}.actions[0].webhook.target: target 'ilert' has type ilert; webhook needs "
+        "a target of type webhook"
+    ]
+
+
+def test_compile_unnamed_target_with_several_candidates_is_an_error() -> None:
+    config = {
+        "integrations": [{"name": "local", "bootstrapServers": "localhost:9092"}],
+        "targets": [
+            {"name": "a", "type": "webhook", "url": "http://a/"},
+            {"name": "b", "type": "webhook", "url": "http://b/"},
+        ],
+        "eventHandlers": [],
+    }
+    spec = EventHandler.model_validate(
+        {"name": "h", "event": "kafka:t", "actions": [{"action": "webhook", "webhook": {}}]}
+    )
+    with pytest.raises(ConfigError) as caught:
+        compile_handler(spec, HeraldConfig.model_validate(config), "eventHandlers[0]", file="f")
+    assert caught.value.problems == [
+        "f: eventHandlers[0].actions[0].webhook.target: there are several webhook targets "
+        "(a, b); name one with target"
     ]
 
 
