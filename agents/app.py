@@ -13,6 +13,7 @@ import sys
 
 import faust
 
+from agents.connectivity import broker_credentials
 from agents.rules import RuleSet
 from agents.runtime import Runtime
 from agents.sinks import SinkRunner
@@ -45,6 +46,7 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
     app = faust.App(
         home.consumerGroupId,
         broker=[f"kafka://{server.strip()}" for server in home.bootstrapServers.split(",")],
+        broker_credentials=broker_credentials(config.home),
         store="rocksdb://",
         datadir=os.environ.get("HERALD_DATA_DIR", settings.dataDir),
         web_port=int(os.environ.get("HERALD_WEB_PORT", settings.webPort)),
@@ -107,14 +109,25 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
 
 
 def _app_from_environment() -> faust.App:
+    from agents.connectivity import preflight
+
     path = config_path_from_env()
     try:
-        return create_app(load_config(path), path)
+        config = load_config(path)
+        app = create_app(config, path)
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
         print(f"herald: configuration {path} is invalid; not starting", file=sys.stderr)
         raise SystemExit(2) from None
+    # Wrong credentials or an untrusted certificate: say so now, instead of a client retrying.
+    fatal = preflight(config)
+    if fatal:
+        for line in fatal:
+            print(f"herald: {line}", file=sys.stderr)
+        print(f"herald: cannot connect with configuration {path}; not starting", file=sys.stderr)
+        raise SystemExit(2)
+    return app
 
 
 app = _app_from_environment()

@@ -1,7 +1,8 @@
 """`herald`: the command line around the worker.
 
     herald worker [faust worker options]   run a worker (same as `faust -A agents.app worker`)
-    herald check [--config FILE]           validate the configuration and show what it will do
+    herald check [--config FILE] [--connect]  validate the configuration and show what it will
+                                           do; --connect also tries every active integration
     herald demo                            embedded broker + ilert receiver + worker + samples
     herald replay --integration NAME       re-submit dead letters
     herald rules put FILE | delete NAME    change handlers at runtime via the rules topic
@@ -55,6 +56,14 @@ def cmd_check(args: argparse.Namespace, rest: list[str]) -> int:
     config, path = _load(args.config)
     print(f"{path}: OK")
     print(describe(config))
+    if getattr(args, "connect", False):
+        from agents.connectivity import check_connections
+
+        ok, lines = check_connections(config, timeout=args.timeout)
+        print("\nConnections:")
+        for line in lines:
+            print(f"  {line}")
+        return 0 if ok else 1
     return 0
 
 
@@ -90,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate the configuration and print the plan")
     _config_arg(check)
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to every active integration (and schema registry); exit 1 on failure",
+    )
+    check.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per connection attempt (--connect)"
+    )
     check.set_defaults(func=cmd_check)
 
     demo = sub.add_parser("demo", help="run Herald end to end on an embedded broker")

@@ -21,6 +21,7 @@ from streams.config.models import HeraldConfig
 from streams.deadletter import DeadLetter, envelope_of
 from streams.handlers import Evaluation, HandlerIndex, compile_all
 from streams.routing import route
+from streams.security import aiokafka_kwargs
 
 
 def replay(
@@ -36,12 +37,12 @@ async def _replay(
     index = HandlerIndex(compile_all(config, file=path))
     topic = dlq_name(config, integration)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=home.bootstrapServers,
         group_id=f"{home.consumerGroupId}-replay",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **aiokafka_kwargs(home),
     )
-    producer = AIOKafkaProducer(bootstrap_servers=home.bootstrapServers, acks="all")
+    producer = AIOKafkaProducer(acks="all", **aiokafka_kwargs(home))
     await consumer.start()
     await producer.start()
     counts = {"resubmitted": 0, "rerouted": 0, "dead_again": 0, "letters": 0}

@@ -19,6 +19,7 @@ from agents.topics import rules_name
 from streams.config.models import EventHandler, HeraldConfig
 from streams.errors import ConfigError
 from streams.handlers import compile_handler
+from streams.security import aiokafka_kwargs
 
 
 def load_handlers(config: HeraldConfig, file: str) -> list[EventHandler]:
@@ -67,7 +68,7 @@ def delete_rule(config: HeraldConfig, name: str) -> int:
 
 
 async def _publish(config: HeraldConfig, records: list[tuple[bytes, bytes | None]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=config.home.bootstrapServers, acks="all")
+    producer = AIOKafkaProducer(acks="all", **aiokafka_kwargs(config.home))
     await producer.start()
     try:
         for key, value in records:

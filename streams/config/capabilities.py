@@ -1,31 +1,33 @@
 """What this version of Herald can run: checked at start so a worker refuses clearly.
 
-Every integration field is parsed and validated by the models; this module refuses the ones
-whose behaviour is not implemented yet, naming the field, instead of misbehaving at runtime.
+Every integration field is parsed and validated by the models; this module checks what needs
+more than the model: that truststores and client certificates can be loaded (file present,
+password right), and refuses what is not implemented, naming the field, instead of misbehaving
+at runtime. It never connects anywhere (`herald check --connect` does that).
 """
 
 from __future__ import annotations
 
-from streams.config.models import HeraldConfig
+from streams.config.models import HeraldConfig, TruststoreType
 from streams.errors import ConfigError
 
 
 def check_supported(config: HeraldConfig, file: str) -> None:
-    """Refuse what this version cannot do yet, naming the field, rather than misbehave."""
+    """Raise ConfigError listing every problem, each naming the file and the field."""
+    from streams.security import SecurityError, build_ssl_context
+
     problems = []
     home = config.home
     for i, integration in enumerate(config.integrations):
-        if integration.security_protocol != "PLAINTEXT":
-            problems.append(
-                f"{file}: integrations[{i}](name={integration.name}).connectionSecurity: "
-                f"{integration.connectionSecurity!r} is not supported by this version yet; "
-                "use PLAINTEXT"
-            )
-        if integration.sendingProtocol.value != "STRING":
-            problems.append(
-                f"{file}: integrations[{i}](name={integration.name}).sendingProtocol: AVRO is "
-                "not supported by this version yet; use STRING"
-            )
+        where = f"{file}: integrations[{i}](name={integration.name})"
+        needs_tls = integration.security_protocol in ("SSL", "SASL_SSL")
+        registry = integration.schemaRegistry
+        registry_tls = registry is not None and registry.url.lower().startswith("https:")
+        if needs_tls or registry_tls or integration.truststoreType is not TruststoreType.NONE:
+            try:
+                build_ssl_context(integration, warn=False)
+            except SecurityError as exc:
+                problems.append(f"{where}: {exc}")
     for i, handler in enumerate(config.eventHandlers):
         integration = config.integration(handler.integration_name)
         if integration.bootstrapServers != home.bootstrapServers:

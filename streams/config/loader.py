@@ -60,7 +60,14 @@ from streams.errors import ConfigError, HeraldError
 CONFIG_ENV = "HERALD_CONFIG"
 DEFAULT_CONFIG_PATH = "config/herald.yaml"
 SECRET_FIELDS = frozenset(
-    {"password", "apiSecret", "apiKey", "truststorePassword", "integrationKey"}
+    {
+        "password",
+        "apiSecret",
+        "apiKey",
+        "truststorePassword",
+        "sslClientKeyPassword",
+        "integrationKey",
+    }
 )
 MASK = "***"
 NAMED_SECTIONS = {"integrations": "integration", "targets": "target", "eventHandlers": "handler"}
@@ -853,6 +860,10 @@ def _describe_integrations(config: HeraldConfig) -> list[str]:
             lines.append(
                 f"    truststore: {integ.truststoreType.value} {integ.truststorePath}" + stored
             )
+        if integ.sslClientCertificatePath:
+            lines.append(f"    client certificate: {integ.sslClientCertificatePath}")
+        if not integ.sslHostnameVerification:
+            lines.append("    TLS hostname verification: OFF (not recommended)")
         if integ.schemaRegistry is not None:
             lines.append(f"    schema registry: {_describe_registry(integ)}")
         topics = consumed.get(integ.name)

@@ -160,6 +160,12 @@ class Integration(Strict):
     truststoreType: TruststoreType = TruststoreType.NONE
     truststorePath: str | None = None
     truststorePassword: SecretStr | None = None
+    # Mutual TLS (not an Orkes field): PEM client certificate and key, key password if any.
+    sslClientCertificatePath: str | None = None
+    sslClientKeyPath: str | None = None
+    sslClientKeyPassword: SecretStr | None = None
+    # TLS hostname verification; turning it off is logged as a warning.
+    sslHostnameVerification: bool = True
     schemaRegistry: SchemaRegistry | None = None
     description: str = ""
     active: bool = True

@@ -51,7 +51,13 @@ class HeraldDeployment:
         settings: dict[str, Any] | None = None,
         source_partitions: int = 3,
         extra_topics: dict[str, int] | None = None,
+        integration: dict[str, Any] | None = None,
+        integrations: list[dict[str, Any]] | None = None,
+        client_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        """``integration``: extra fields of the home integration `local` (security, Avro);
+        ``integrations``: more integrations; ``client_kwargs``: aiokafka settings the harness
+        uses to create topics on a secured broker."""
         self.tmp_path = tmp_path
         self.bootstrap = bootstrap
         run = uuid.uuid4().hex[:8]
@@ -61,7 +67,13 @@ class HeraldDeployment:
         self.config: dict[str, Any] = {
             "herald": herald,
             "integrations": [
-                {"name": "local", "bootstrapServers": bootstrap, "consumerGroupId": self.group}
+                {
+                    "name": "local",
+                    "bootstrapServers": bootstrap,
+                    "consumerGroupId": self.group,
+                    **(integration or {}),
+                },
+                *(integrations or []),
             ],
             "targets": targets or [],
             "eventHandlers": handlers,
@@ -70,7 +82,8 @@ class HeraldDeployment:
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         topics = {h["event"].rsplit(":", 1)[-1]: source_partitions for h in handlers}
         topics.update(extra_topics or {})
-        create_topics(bootstrap, topics)
+        self.client_kwargs = dict(client_kwargs or {})
+        create_topics(bootstrap, topics, client_kwargs=self.client_kwargs)
         self.workers: list[WorkerProcess] = []
 
     @property

@@ -70,14 +70,17 @@ async def produce_async(
     records: Iterable[Mapping[str, Any]],
     *,
     timeout: float = 30.0,
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> list[tuple[int, int]]:
     """Send ``records`` in order and wait for every ack; return ``(partition, offset)`` each.
 
     A record is ``{"key": str|bytes|None, "value": bytes|str|dict|list|None,
     "headers": {name: str|bytes}, "partition": int|None}``; every field is optional and a
-    dict/list value is sent as JSON.
+    dict/list value is sent as JSON. ``client_kwargs``: extra aiokafka settings (security).
     """
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=0, **dict(client_kwargs or {})
+    )
     try:
         await asyncio.wait_for(producer.start(), timeout)
         futures = [
@@ -102,10 +105,15 @@ def produce(
     records: Iterable[Mapping[str, Any]],
     *,
     timeout: float = 30.0,
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> list[tuple[int, int]]:
     """Synchronous :func:`produce_async`."""
     records = list(records)
-    return run_sync(lambda: produce_async(bootstrap, topic, records, timeout=timeout))
+    return run_sync(
+        lambda: produce_async(
+            bootstrap, topic, records, timeout=timeout, client_kwargs=client_kwargs
+        )
+    )
 
 
 async def consume_async(
@@ -113,6 +121,7 @@ async def consume_async(
     topic: str,
     count: int,
     timeout: float = 10.0,
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> list[ConsumedRecord]:
     """Read ``topic`` from the beginning of every partition until ``count`` records or timeout.
 
@@ -127,6 +136,7 @@ async def consume_async(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         client_id=f"test-consume-{uuid.uuid4().hex[:8]}",
+        **dict(client_kwargs or {}),
     )
     out: list[ConsumedRecord] = []
     deadline = time.monotonic() + timeout
@@ -192,6 +202,7 @@ def consume(
     topic: str,
     count: int,
     timeout: float = 10.0,
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> list[ConsumedRecord]:
     """Synchronous :func:`consume_async`."""
-    return run_sync(lambda: consume_async(bootstrap, topic, count, timeout))
+    return run_sync(lambda: consume_async(bootstrap, topic, count, timeout, client_kwargs))

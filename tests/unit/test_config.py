@@ -280,7 +280,8 @@ def test_unknown_field_lists_the_allowed_ones() -> None:
         "herald.yaml: integrations[0](name=local).bootstrapServer: unknown field "
         "'bootstrapServer'; remove it or use one of: name, bootstrapServers, consumerGroupId, "
         "sendingProtocol, connectionSecurity, username, password, truststoreType, "
-        "truststorePath, truststorePassword, schemaRegistry, description, active",
+        "truststorePath, truststorePassword, sslClientCertificatePath, sslClientKeyPath, "
+        "sslClientKeyPassword, sslHostnameVerification, schemaRegistry, description, active",
     ]
 
 
