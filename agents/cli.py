@@ -6,6 +6,7 @@
     herald demo                            embedded broker + ilert receiver + worker + samples
     herald replay --integration NAME       re-submit dead letters
     herald rules put FILE | delete NAME    change handlers at runtime via the rules topic
+    herald import-handlers FILE|URL        Conductor's exported event handlers into the config
 """
 
 from __future__ import annotations
@@ -89,6 +90,18 @@ def cmd_rules(args: argparse.Namespace, rest: list[str]) -> int:
     return delete_rule(config, args.name)
 
 
+def cmd_import_handlers(args: argparse.Namespace, rest: list[str]) -> int:
+    from agents.import_handlers import import_handlers
+
+    return import_handlers(
+        args.source,
+        args.config or config_path_from_env(),
+        args.output,
+        key_id=args.key_id,
+        key_secret=args.key_secret,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="herald", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     delete = rules_sub.add_parser("delete", help="remove a handler by name")
     delete.add_argument("name")
     rules.set_defaults(func=cmd_rules)
+
+    imports = sub.add_parser(
+        "import-handlers", help="write Conductor's exported event handlers into the configuration"
+    )
+    imports.add_argument("source", help="JSON of GET /api/event: a file, - (stdin) or a URL")
+    _config_arg(imports)
+    imports.add_argument("--output", default=None, help="write here instead of --config")
+    imports.add_argument("--key-id", default=None, help="Orkes key id (or $CONDUCTOR_AUTH_KEY)")
+    imports.add_argument(
+        "--key-secret", default=None, help="Orkes key secret (or $CONDUCTOR_AUTH_SECRET)"
+    )
+    imports.set_defaults(func=cmd_import_handlers)
     return parser
 
 

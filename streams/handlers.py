@@ -93,8 +93,17 @@ def compile_handler(
     actions: list[CompiledAction] = []
     for index, action in enumerate(handler.actions):
         compiled = _compile_action(action, index, config, f"{where}.actions[{index}]", problems)
-        if compiled is not None:
-            actions.append(compiled)
+        if compiled is None:
+            continue
+        compiled.action_type.event = handler.event
+        action_cls = type(compiled.action_type)
+        if handler.active and action_cls.requires_target and compiled.action_type.target is None:
+            problems.append(
+                f"{where}.actions[{index}].{action_cls.name}: needs a {action_cls.target_type} "
+                f"target; define one under targets (type: {action_cls.target_type})"
+            )
+            continue
+        actions.append(compiled)
     if problems or condition is None:
         raise ConfigError(problems)
     return CompiledHandler(handler, integration, handler.topic, condition, actions)

@@ -98,10 +98,16 @@ class ActionType(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[ParamsModel]]
     target_type: ClassVar[str | None] = None
+    # True: an active handler using this action without a target of `target_type` is a
+    # configuration error (there is no default endpoint, as there is for ilert).
+    requires_target: ClassVar[bool] = False
 
     def __init__(self, params: ParamsModel, target: Target | None) -> None:
         self.params = params
         self.target = target
+        # The `event` of the handler this action belongs to (set when the handler is compiled),
+        # for actions that pass it on, as Conductor does with `conductor.event.name`.
+        self.event: str | None = None
 
     def template_source(self) -> dict[str, Any]:
         """The parts of the params that are templated (everything but the target name)."""

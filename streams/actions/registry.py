@@ -1,8 +1,9 @@
-"""The action registry: action name → ActionType. Open for Conductor's actions (later issue)."""
+"""The action registry: action name → ActionType."""
 
 from __future__ import annotations
 
 from streams.actions.base import ActionType
+from streams.actions.conductor import CONDUCTOR_ACTIONS
 from streams.actions.ilert import IlertEvent, IlertHeartbeat
 from streams.actions.publish import Publish
 from streams.actions.webhook import Webhook
@@ -16,7 +17,7 @@ def register(action_type: type[ActionType]) -> type[ActionType]:
     return action_type
 
 
-for _builtin in (IlertEvent, IlertHeartbeat, Webhook, Publish):
+for _builtin in (IlertEvent, IlertHeartbeat, Webhook, Publish, *CONDUCTOR_ACTIONS):
     register(_builtin)
 
 

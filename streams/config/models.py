@@ -218,11 +218,15 @@ class Target(Strict):
     """A named delivery endpoint. `type` selects what it is for."""
 
     name: str = Field(min_length=1)
-    type: Literal["ilert", "webhook"]
-    # ilert: baseUrl and the default integrationKey; webhook: the base or full URL
+    type: Literal["ilert", "webhook", "conductor"]
+    # ilert: baseUrl and the default integrationKey; webhook: the base or full URL;
+    # conductor: the server's baseUrl (https://host or https://host/api)
     baseUrl: str | None = None
     url: str | None = None
     integrationKey: SecretStr | None = None
+    # conductor (Orkes): application access key; without one Herald talks to an open server
+    keyId: SecretStr | None = None
+    keySecret: SecretStr | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeoutSeconds: float = Field(default=10.0, gt=0)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -233,6 +237,16 @@ class Target(Strict):
             raise ValueError("an ilert target needs baseUrl (https://api.ilert.com)")
         if self.type == "webhook" and not (self.url or self.baseUrl):
             raise ValueError("a webhook target needs url")
+        if self.type == "conductor":
+            if not self.baseUrl:
+                raise ValueError("a conductor target needs baseUrl (https://host or .../api)")
+            if bool(self.keyId) != bool(self.keySecret):
+                raise ValueError(
+                    "a conductor target needs both keyId and keySecret, or neither (a server "
+                    "without authentication)"
+                )
+        elif self.keyId or self.keySecret:
+            raise ValueError("keyId and keySecret are for conductor targets only")
         return self
 
 

@@ -509,7 +509,8 @@ def test_sections_left_empty_count_as_absent() -> None:
 def test_an_action_naming_an_invalid_target_is_reported_once() -> None:
     text = BASE.replace("    type: ilert\n", "")
     assert problems(text) == [
-        "herald.yaml: targets[0](name=ilert).type: field required; set it to one of: ilert, webhook"
+        "herald.yaml: targets[0](name=ilert).type: field required; set it to one of: ilert, "
+        "webhook, conductor"
     ]
 
 

@@ -514,8 +514,9 @@ WHERE = f"{FILE}: eventHandlers[0](name=h)"
 
 def test_compile_unknown_action() -> None:
     assert problems_of(handler("h", {"action": "send_sms", "send_sms": {}})) == [
-        f"{WHERE}.actions[0].action: unknown action 'send_sms'; use one of ilert_event, "
-        "ilert_heartbeat, publish, webhook"
+        f"{WHERE}.actions[0].action: unknown action 'send_sms'; use one of complete_task, "
+        "fail_task, ilert_event, ilert_heartbeat, publish, start_workflow, terminate_workflow, "
+        "update_workflow_variables, webhook"
     ]
 
 
