@@ -17,7 +17,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agents.topics import actions_name, dlq_name
 from streams.actions.base import ActionRequest
-from streams.config.models import HeraldConfig
+from streams.avro.codec import AvroCodec
+from streams.avro.registry import RegistryClient
+from streams.config.models import HeraldConfig, SendingProtocol
 from streams.deadletter import DeadLetter, envelope_of
 from streams.handlers import Evaluation, HandlerIndex, compile_all
 from streams.routing import route
@@ -120,7 +122,14 @@ async def _replay_one(
     handlers = index.for_topic(envelope.integration, envelope.topic)
     if letter.handler:
         handlers = [h for h in handlers if h.name == letter.handler]
-    evaluation: Evaluation = route(handlers, envelope)
+    codec = _codec(config, envelope.integration)
+    if codec is not None and handlers:
+
+        def waiting(error: Exception, delay: float) -> None:
+            print(f"schema registry unavailable ({error}); retrying in {delay:.1f}s")
+
+        await codec.wait_ready(envelope.raw_value, envelope.raw_key, waiting)
+    evaluation: Evaluation = route(handlers, envelope, codec)
     counts["rerouted"] += 1
     counts["resubmitted"] += len(evaluation.requests)
     counts["dead_again"] += len(evaluation.dead_letters)
@@ -136,3 +145,19 @@ async def _replay_one(
             dlq_name(config, again.integration), again.to_bytes(), key=again.key,
             headers=again.headers(),
         )
+
+
+_CODECS: dict[str, AvroCodec] = {}
+
+
+def _codec(config: HeraldConfig, name: str) -> AvroCodec | None:
+    """The Avro codec of an AVRO integration (one registry client per integration)."""
+    try:
+        integration = config.integration(name)
+    except LookupError:
+        return None
+    if integration.sendingProtocol is not SendingProtocol.AVRO:
+        return None
+    if name not in _CODECS:
+        _CODECS[name] = AvroCodec(integration, RegistryClient(integration))
+    return _CODECS[name]

@@ -15,7 +15,9 @@ from agents.rules import RuleSet
 from agents.tables import Tables
 from agents.topics import Topics
 from streams.actions.base import DeliveryContext, Headers
-from streams.config.models import HeraldConfig, Target
+from streams.avro.codec import AvroCodec, AvroSpec, EncodeError
+from streams.avro.registry import RegistryClient
+from streams.config.models import HeraldConfig, SendingProtocol, Target
 from streams.errors import DeliveryError
 from streams.security import aiokafka_kwargs, probe
 
@@ -49,6 +51,7 @@ class Runtime:
     counters: Counters = field(default_factory=Counters)
     _http: aiohttp.ClientSession | None = None
     _producers: dict[str, AIOKafkaProducer] = field(default_factory=dict)
+    _avro: dict[str, AvroCodec] = field(default_factory=dict)
 
     @property
     def home(self) -> str:
@@ -64,6 +67,43 @@ class Runtime:
             self._http = aiohttp.ClientSession(connector=connector)
         return self._http
 
+    def avro(self, name: str) -> AvroCodec | None:
+        """The Avro codec (schema registry client) of an integration that has a registry."""
+        codec = self._avro.get(name)
+        if codec is None:
+            integration = self.config.integration(name)
+            if integration.schemaRegistry is None:
+                return None
+            codec = self._avro[name] = AvroCodec(integration, RegistryClient(integration))
+        return codec
+
+    def codec_for(self, name: str) -> AvroCodec | None:
+        """How records consumed from an integration decode: None for STRING."""
+        integration = self.config.integration(name)
+        if integration.sendingProtocol is not SendingProtocol.AVRO:
+            return None
+        return self.avro(name)
+
+    async def _encode_avro(self, name: str, topic: str, avro: dict[str, Any]) -> bytes | None:
+        """Avro bytes for a publish, or None when it is to be written as JSON/text (format
+        auto to an integration whose sendingProtocol is STRING)."""
+        integration = self.config.integration(name)
+        explicit = avro.get("format") == "avro"
+        if not explicit and integration.sendingProtocol is not SendingProtocol.AVRO:
+            return None
+        codec = self.avro(name)
+        if codec is None:
+            raise DeliveryError(
+                f"publish: integration {name!r} has no schemaRegistry to write Avro with",
+                retryable=False,
+            )
+        try:
+            return await codec.encode(topic, avro.get("value"), AvroSpec.from_dict(avro))
+        except EncodeError as exc:
+            raise DeliveryError(
+                f"publish to {name}:{topic}: {exc}", retryable=exc.retryable
+            ) from None
+
     def delivery_context(self) -> DeliveryContext:
         return DeliveryContext(http=self.http(), targets=self.targets, publish=self.publish)
 
@@ -74,10 +114,18 @@ class Runtime:
         key: bytes | None,
         value: bytes | None,
         headers: Headers,
+        *,
+        avro: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Publish and wait for the broker's acknowledgement."""
+        """Publish and wait for the broker's acknowledgement. With `avro` (the value as data
+        and how to write it) the value is written as Confluent Avro when the format says so or
+        the integration's sendingProtocol is AVRO."""
         name = integration or self.home
         try:
+            if avro is not None:
+                encoded = await self._encode_avro(name, topic, avro)
+                if encoded is not None:
+                    value = encoded
             if name == self.home:
                 meta = await self.app.producer.send_and_wait(
                     topic, key, value, partition=None, timestamp=None, headers=headers
@@ -121,4 +169,6 @@ class Runtime:
         for producer in self._producers.values():
             await producer.stop()
         self._producers.clear()
+        for codec in self._avro.values():
+            await codec.registry.close()
         await asyncio.sleep(0)

@@ -40,9 +40,26 @@ def envelope_of(event: EventT, integration: str) -> Envelope:
     )
 
 
-def route(runtime: Runtime, envelope: Envelope) -> Evaluation:
+async def route(runtime: Runtime, envelope: Envelope) -> Evaluation:
     handlers = runtime.rules.index().for_topic(envelope.integration, envelope.topic)
-    return routing.route(handlers, envelope)
+    if not handlers:
+        return Evaluation()
+    codec = runtime.codec_for(envelope.integration)
+    if codec is not None and codec.unknown_ids(envelope.raw_value, envelope.raw_key):
+        # The writer schema must come from the registry. While the registry cannot answer the
+        # record stays unacked and the stream waits: an outage never dead-letters anything.
+        def waiting(error: Exception, delay: float) -> None:
+            log.error(
+                "%s/%s@%s: cannot fetch the Avro schema (%s); retrying in %.1fs",
+                envelope.topic,
+                envelope.partition,
+                envelope.offset,
+                error,
+                delay,
+            )
+
+        await codec.wait_ready(envelope.raw_value, envelope.raw_key, waiting)
+    return routing.route(handlers, envelope, codec)
 
 
 class SourceRunner:
@@ -58,7 +75,7 @@ class SourceRunner:
         async for event in manual.events():
             self.runtime.counters.consumed += 1
             try:
-                evaluation = route(self.runtime, envelope_of(event, self.runtime.home))
+                evaluation = await route(self.runtime, envelope_of(event, self.runtime.home))
                 futures = await self._produce(evaluation)
             except Exception as exc:  # a bug, not bad data: dead-letter rather than lose it
                 log.exception("internal error routing %s", event.message.tp)

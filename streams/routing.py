@@ -6,6 +6,7 @@ Shared by the source agent and `herald replay`, and testable without Kafka.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Protocol
 
 from streams import codecs
 from streams.deadletter import DeadLetter, for_envelope
@@ -14,20 +15,37 @@ from streams.handlers import CompiledHandler, Evaluation, evaluate
 from streams.message import Envelope
 
 
-def decode(envelope: Envelope) -> Envelope | DeadLetter:
-    """Decode the raw value (STRING protocol: JSON when it parses, else text)."""
+class ValueCodec(Protocol):
+    """How an integration's records decode when they are not STRING (Avro: streams.avro)."""
+
+    def decode_value(self, data: bytes | None) -> Any: ...
+
+    def decode_key(self, data: bytes | None) -> str | None: ...
+
+
+def decode(envelope: Envelope, codec: ValueCodec | None = None) -> Envelope | DeadLetter:
+    """Decode the raw value: STRING (no codec) JSON when it parses, else text; with a codec
+    (AVRO integrations) the value and the key through it. Never does I/O: an Avro codec has its
+    schemas fetched beforehand (`AvroCodec.prepare`)."""
     try:
-        value = codecs.decode_string_value(envelope.raw_value)
+        if codec is None:
+            return dataclasses.replace(
+                envelope, value=codecs.decode_string_value(envelope.raw_value)
+            )
+        value = codec.decode_value(envelope.raw_value)
+        key = codec.decode_key(envelope.raw_key)
     except DecodeError as exc:
         return for_envelope(envelope, "decode", str(exc))
-    return dataclasses.replace(envelope, value=value)
+    return dataclasses.replace(envelope, value=value, key=key)
 
 
-def route(handlers: list[CompiledHandler], envelope: Envelope) -> Evaluation:
+def route(
+    handlers: list[CompiledHandler], envelope: Envelope, codec: ValueCodec | None = None
+) -> Evaluation:
     """Decode once, then evaluate every handler of the record's topic."""
     if not handlers:
         return Evaluation()
-    decoded = decode(envelope)
+    decoded = decode(envelope, codec)
     if isinstance(decoded, DeadLetter):
         return Evaluation(dead_letters=[decoded])
     return evaluate(handlers, decoded)

@@ -8,7 +8,13 @@ at runtime. It never connects anywhere (`herald check --connect` does that).
 
 from __future__ import annotations
 
-from streams.config.models import HeraldConfig, TruststoreType
+from streams.config.models import (
+    EVENT_PATTERN,
+    HeraldConfig,
+    SendingProtocol,
+    SubjectNameStrategy,
+    TruststoreType,
+)
 from streams.errors import ConfigError
 
 
@@ -29,6 +35,10 @@ def check_supported(config: HeraldConfig, file: str) -> None:
             except SecurityError as exc:
                 problems.append(f"{where}: {exc}")
     for i, handler in enumerate(config.eventHandlers):
+        for j, action in enumerate(handler.actions):
+            if action.action == "publish":
+                where = f"{file}: eventHandlers[{i}](name={handler.name}).actions[{j}].publish"
+                problems.extend(_avro_publish_problems(config, action.params, where))
         integration = config.integration(handler.integration_name)
         if integration.bootstrapServers != home.bootstrapServers:
             problems.append(
@@ -39,3 +49,39 @@ def check_supported(config: HeraldConfig, file: str) -> None:
             )
     if problems:
         raise ConfigError(problems)
+
+
+def _avro_publish_problems(config: HeraldConfig, params: dict, where: str) -> list[str]:
+    """A publish that will be written as Avro needs a registry and a way to find its schema.
+    Only checked when the destination is not a template."""
+    match = EVENT_PATTERN.match(str(params.get("to") or ""))
+    if not match or "${" in (match.group("integration") or ""):
+        return []
+    try:
+        integration = config.integration(match.group("integration"))
+    except LookupError:
+        return [f"{where}.to: no integration named {match.group('integration')!r}"]
+    fmt = params.get("format", "auto")
+    explicit = fmt == "avro" or params.get("schema") is not None or params.get("schemaSubject")
+    avro = explicit or (
+        fmt == "auto" and integration.sendingProtocol is SendingProtocol.AVRO
+    )
+    if not avro:
+        return []
+    registry = integration.schemaRegistry
+    if registry is None:
+        return [
+            f"{where}: writing Avro to integration {integration.name!r} needs its "
+            "schemaRegistry; configure it, or set format: json"
+        ]
+    if (
+        params.get("schema") is None
+        and not params.get("schemaSubject")
+        and registry.valueSubjectNameStrategy is not SubjectNameStrategy.TOPIC
+    ):
+        return [
+            f"{where}: integration {integration.name!r} names subjects with "
+            f"{registry.valueSubjectNameStrategy.value}, which needs the record's name; set "
+            "schema (or schemaSubject)"
+        ]
+    return []

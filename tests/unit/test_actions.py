@@ -40,6 +40,7 @@ class Published:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str | None, str, bytes | None, bytes | None, Headers]] = []
+        self.options: list[dict[str, Any]] = []  # avro=... when the value may be Avro
 
     async def __call__(
         self,
@@ -48,8 +49,10 @@ class Published:
         key: bytes | None,
         value: bytes | None,
         headers: Headers,
+        **options: Any,
     ) -> dict:
         self.calls.append((integration, topic, key, value, headers))
+        self.options.append(options)
         return {"topic": topic, "partition": 0, "offset": 41}
 
 
