@@ -14,6 +14,7 @@ import sys
 import faust
 
 from agents.connectivity import broker_credentials
+from agents.heartbeats import register_heartbeats
 from agents.rules import RuleSet
 from agents.runtime import Runtime
 from agents.sinks import SinkRunner
@@ -105,6 +106,7 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
         await runtime.close()
 
     register_views(app, runtime)
+    register_heartbeats(app, runtime)
     return app
 
 

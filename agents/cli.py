@@ -7,6 +7,7 @@
     herald replay --integration NAME       re-submit dead letters
     herald rules put FILE | delete NAME    change handlers at runtime via the rules topic
     herald import-handlers FILE|URL        Conductor's exported event handlers into the config
+    herald ilagent daemon [ilagent flags]  ilagent's Kafka mode, run on Herald's workers
 """
 
 from __future__ import annotations
@@ -102,6 +103,12 @@ def cmd_import_handlers(args: argparse.Namespace, rest: list[str]) -> int:
     )
 
 
+def cmd_ilagent(args: argparse.Namespace, rest: list[str]) -> int:
+    from agents.ilagent import main as ilagent_main
+
+    return ilagent_main(args.ilagent_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="herald", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-secret", default=None, help="Orkes key secret (or $CONDUCTOR_AUTH_SECRET)"
     )
     imports.set_defaults(func=cmd_import_handlers)
+
+    ilagent = sub.add_parser(
+        "ilagent", add_help=False, help="ilagent's command line (daemon, Kafka mode) on Herald"
+    )
+    ilagent.add_argument("ilagent_args", nargs=argparse.REMAINDER)
+    ilagent.set_defaults(func=cmd_ilagent)
     return parser
 
 

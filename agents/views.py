@@ -5,6 +5,7 @@ from __future__ import annotations
 import faust
 from faust.web import Request, Response, View
 
+from agents.ilagent_api import register_ilert_proxy
 from agents.runtime import Runtime
 
 
@@ -32,3 +33,5 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
     class Stats(View):
         async def get(self, request: Request) -> Response:
             return self.json(runtime.counters.as_dict())
+
+    register_ilert_proxy(app, runtime)  # ilagent's HTTP API, when herald.ilertProxy is set

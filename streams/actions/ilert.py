@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from streams.actions.base import (
     ActionInputError,
@@ -24,6 +24,7 @@ from streams.errors import DeliveryError
 from streams.message import Envelope
 
 EVENT_TYPES = ("ALERT", "ACCEPT", "RESOLVE", "COMMENT")
+TEXT_FIELDS = ("eventType", "summary", "details", "alertKey", "priority", "routingKey")
 PRIORITIES = ("HIGH", "LOW")
 DEFAULT_BASE_URL = "https://api.ilert.com"
 BODY_FIELDS = (
@@ -61,7 +62,22 @@ class IlertEventParams(ParamsModel):
     routingKey: Any = None
     eventTypeMap: dict[str, str] = Field(default_factory=dict)
     valueMaps: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # field -> template used when the field rendered to null (or, for a text field, to
+    # something that is not text); used as rendered: eventTypeMap and valueMaps do not apply.
+    defaults: dict[str, Any] = Field(default_factory=dict)
     path: str = "/api/events"
+
+    @field_validator("defaults")
+    @classmethod
+    def _defaults_name_body_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(BODY_FIELDS) - {"integrationKey"})
+        if unknown or "integrationKey" in value:
+            names = ", ".join(repr(n) for n in unknown or ["integrationKey"])
+            raise ValueError(
+                f"defaults: {names} cannot have a default; use one of "
+                f"{', '.join(f for f in BODY_FIELDS if f != 'integrationKey')}"
+            )
+        return value
 
 
 def map_value(value: Any, mapping: dict[str, Any]) -> Any:
@@ -95,7 +111,16 @@ class IlertEvent(ActionType):
             body["integrationKey"] = rendered.get("apiKey")
         for field_name, mapping in params.valueMaps.items():
             body[field_name] = map_value(body.get(field_name), mapping)
-        event_type = str(map_value(body["eventType"] or "ALERT", params.eventTypeMap)).upper()
+        defaults = rendered.get("defaults") or {}
+        for field_name, default in defaults.items():
+            if _missing(field_name, body.get(field_name)):
+                body[field_name] = default
+            elif field_name == "eventType":
+                body["eventType"] = map_value(body["eventType"], params.eventTypeMap)
+        if "eventType" in defaults:  # mapped above (the rendered value) or the default as is
+            event_type = str(body["eventType"] or "ALERT").upper()
+        else:
+            event_type = str(map_value(body["eventType"] or "ALERT", params.eventTypeMap)).upper()
         if event_type not in EVENT_TYPES:
             raise ActionInputError(
                 f"ilert_event.eventType rendered to {event_type!r}; expected one of "
@@ -150,6 +175,11 @@ class IlertEvent(ActionType):
         return {**payload, "body": body}
 
 
+def _missing(field_name: str, value: Any) -> bool:
+    """Whether a rendered field takes its default: null, or not text for a text field."""
+    return value is None or (field_name in TEXT_FIELDS and not isinstance(value, str))
+
+
 def _base(target: Target | None) -> str:
     return ((target.baseUrl if target else None) or DEFAULT_BASE_URL).rstrip("/")
 
@@ -192,6 +222,7 @@ async def _request(
 class IlertHeartbeatParams(ParamsModel):
     target: str | None = None
     integrationKey: Any = None
+    apiKey: Any = None  # ilert's legacy name for integrationKey
     path: str = "/api/heartbeats/{integrationKey}"
 
 
@@ -209,6 +240,8 @@ class IlertHeartbeat(ActionType):
 
     def finish(self, rendered: dict[str, Any], envelope: Envelope) -> dict[str, Any]:
         key = rendered.get("integrationKey")
+        if key is None:
+            key = rendered.get("apiKey")
         if key is None and not (self.target and self.target.integrationKey):
             raise ActionInputError(
                 "ilert_heartbeat has no integrationKey: set it on the action or on the target"

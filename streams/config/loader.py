@@ -833,6 +833,15 @@ def _describe_settings(config: HeraldConfig) -> list[str]:
         f"  condition limits: {s.conditionTimeLimitMs} ms, {s.conditionMemoryLimitMb} MB",
         f"  data dir: {s.dataDir}, web port: {s.webPort}",
         f"  execution retention: {s.executionRetentionSeconds:g} s",
+        *(
+            f"  heartbeat: {ping.target} every {ping.intervalSeconds:g} s (leader worker)"
+            for ping in s.heartbeats
+        ),
+        *(
+            [f"  ilert event API (ilagent's): POST /api/events -> {s.ilertProxy.target}"]
+            if s.ilertProxy
+            else []
+        ),
     ]
 
 
@@ -888,6 +897,8 @@ def _describe_targets(config: HeraldConfig) -> list[str]:
         extras = [f"timeout {target.timeoutSeconds:g} s", _describe_retry(target)]
         if target.integrationKey:
             extras.append(f"integrationKey: {MASK}")
+        if target.keyId:
+            extras.append(f"Orkes key: {MASK} (token from /api/token)")
         if target.headers:
             extras.append(f"headers: {', '.join(target.headers)} (values hidden)")
         lines.append(f"  {target.name}: {target.type} {address}; {'; '.join(extras)}")

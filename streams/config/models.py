@@ -321,6 +321,22 @@ class EventHandler(Strict):
         return match.group("topic")
 
 
+class HeartbeatPing(Strict):
+    """An ilert heartbeat pinged at start and every `intervalSeconds` by the leader worker."""
+
+    target: str  # an ilert target holding the heartbeat's integrationKey
+    intervalSeconds: float = Field(default=30.0, gt=0)
+
+
+class IlertProxy(Strict):
+    """ilert's event API on Herald's web port, as ilagent serves it: `POST /api/events` writes
+    the event to the actions topic (delivered by the sink agents to `target`),
+    `GET /api/heartbeats/{key}` pings that heartbeat through `target`."""
+
+    target: str  # an ilert target
+    path: str = "/api/events"  # where accepted events are delivered
+
+
 class HeraldSettings(Strict):
     """Worker settings. Internal topics live on the home integration's cluster."""
 
@@ -337,6 +353,10 @@ class HeraldSettings(Strict):
     commitIntervalSeconds: float = Field(default=1.0, gt=0)
     sessionTimeoutSeconds: float = Field(default=10.0, gt=0)  # consumer group session timeout
     extraSourceTopics: list[str] = Field(default_factory=list)  # for handlers added at runtime
+    # Ping ilert heartbeats from the leader worker (ilagent's -b), and serve ilert's event API
+    # on the web port (ilagent's -p): see agents/heartbeats.py and agents/ilagent_api.py.
+    heartbeats: list[HeartbeatPing] = Field(default_factory=list)
+    ilertProxy: IlertProxy | None = None
 
     @field_validator("topicPrefix")
     @classmethod
@@ -351,6 +371,27 @@ class HeraldConfig(Strict):
     integrations: list[Integration] = Field(min_length=1)
     targets: list[Target] = Field(default_factory=list)
     eventHandlers: list[EventHandler] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _settings_name_ilert_targets(self) -> HeraldConfig:
+        """herald.heartbeats and herald.ilertProxy must name ilert targets."""
+        uses = [(f"heartbeats[{i}]", ping.target) for i, ping in enumerate(self.herald.heartbeats)]
+        if self.herald.ilertProxy is not None:
+            uses.append(("ilertProxy", self.herald.ilertProxy.target))
+        kinds = {t.name: t for t in self.targets}
+        for where, name in uses:
+            target = kinds.get(name)
+            if target is None or target.type != "ilert":
+                raise ValueError(
+                    f"herald.{where}.target: {name!r} is not an ilert target; define it under "
+                    "targets with type ilert"
+                )
+            if where.startswith("heartbeats") and not target.integrationKey:
+                raise ValueError(
+                    f"herald.{where}.target: target {name!r} has no integrationKey (the "
+                    "heartbeat's key); set it"
+                )
+        return self
 
     @property
     def home(self) -> Integration:

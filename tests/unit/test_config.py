@@ -90,7 +90,15 @@ def test_example_config_loads_with_the_demo_environment() -> None:
     assert ilert.integrationKey.get_secret_value() == DEMO_ENV["ILERT_INTEGRATION_KEY"]
     assert config.target("chat").url == DEMO_ENV["WEBHOOK_URL"]
     actions = {a.action for h in config.eventHandlers for a in h.actions}
-    assert actions == {"ilert_event", "ilert_heartbeat", "webhook", "publish"}
+    assert actions == {
+        "ilert_event",
+        "ilert_heartbeat",
+        "webhook",
+        "publish",
+        "start_workflow",
+        "complete_task",
+        "update_workflow_variables",
+    }
     active = [h for h in config.eventHandlers if h.active]
     assert {h.topic for h in active} == {"alarms"}
     assert {a.action for h in active for a in h.actions} == {"ilert_event", "webhook", "publish"}
