@@ -1,0 +1,1 @@
+"""Herald's benchmark: ``python -m bench.run`` (see bench/README.md)."""

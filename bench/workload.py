@@ -1,0 +1,173 @@
+"""The benchmark's workload: realistic plant events, produced in bulk or at a steady rate.
+
+Every event is about 200 bytes of JSON keyed by its ``mCode``::
+
+    {"type":"TELEMETRY","state":"SET","mCode":"M-123","comment":"...","severity":3,
+     "site":"plant-2","ts":1712345678901.123,"value":12.5,"seq":4711}
+
+``ts`` is the producer's wall clock in epoch milliseconds, taken when the record is handed to
+the producer; ``seq`` numbers the events of one topic from 0. One event in ``alarm_every`` has
+``"type":"ALARM"`` (``seq % alarm_every == 0``), the others ``TELEMETRY``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+COMMENTS = (
+    "Pump 3 discharge pressure reading within configured band",
+    "Conveyor belt B speed sample from line controller PLC-7",
+    "Cooling loop inlet temperature sampled by sensor TT-204",
+    "Compressor vibration RMS from condition monitoring unit",
+    "Tank level transmitter reading after filling sequence end",
+)
+CODES = 500
+_SEQ = re.compile(rb'"seq":\s*(\d+)')
+SITES = 7
+
+
+def event(seq: int, alarm_every: int, ts_ms: float | None = None) -> tuple[bytes, bytes]:
+    """The key and JSON value of event ``seq``."""
+    code = f"M-{seq % CODES}"
+    body: dict[str, Any] = {
+        "type": "ALARM" if seq % alarm_every == 0 else "TELEMETRY",
+        "state": "SET",
+        "mCode": code,
+        "comment": COMMENTS[seq % len(COMMENTS)],
+        "severity": 1 + seq % 5,
+        "site": f"plant-{seq % SITES}",
+        "ts": round(ts_ms if ts_ms is not None else time.time() * 1000, 3),
+        "value": round(10 + (seq % 1000) / 40, 2),
+        "seq": seq,
+    }
+    return code.encode(), orjson.dumps(body)
+
+
+def _producer(bootstrap: str, linger_ms: int) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=linger_ms,
+        max_batch_size=512 * 1024,
+        max_request_size=8 * 1024 * 1024,
+    )
+
+
+async def preload(
+    bootstrap: str, topic: str, count: int, alarm_every: int, first_seq: int = 0
+) -> float:
+    """Produce ``count`` events as fast as the broker takes them; return the seconds it took."""
+    producer = _producer(bootstrap, linger_ms=20)
+    await producer.start()
+    started = time.monotonic()
+    try:
+        pending: list[asyncio.Future[Any]] = []
+        for seq in range(first_seq, first_seq + count):
+            key, value = event(seq, alarm_every)
+            pending.append(await producer.send(topic, value, key=key))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.monotonic() - started
+
+
+async def steady(
+    bootstrap: str, topic: str, rate: float, seconds: float, alarm_every: int, first_seq: int
+) -> tuple[int, float]:
+    """Produce ``rate`` events a second for ``seconds``; return (events sent, seconds taken).
+
+    Events are released on a 5 ms clock, each stamped (``ts``) just before it is handed to the
+    producer, which sends without lingering.
+    """
+    total = int(rate * seconds)
+    producer = _producer(bootstrap, linger_ms=0)
+    await producer.start()
+    pending: list[asyncio.Future[Any]] = []
+    try:
+        started = time.monotonic()
+        sent = 0
+        while sent < total:
+            due = min(total, int((time.monotonic() - started) * rate) + 1)
+            while sent < due:
+                key, value = event(first_seq + sent, alarm_every)
+                pending.append(await producer.send(topic, value, key=key))
+                sent += 1
+            await asyncio.sleep(0.005)
+        elapsed = time.monotonic() - started
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent, elapsed
+
+
+async def committed_lag(bootstrap: str, group: str, topic: str) -> int | None:
+    """Records of ``topic`` not yet committed by ``group`` (None: the group committed nothing)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(tps)
+        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+        if not offsets:
+            return None
+        lag = 0
+        for tp in tps:
+            meta = offsets.get(tp)
+            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            lag += max(0, ends[tp] - done)
+        return lag
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def record_timestamps(bootstrap: str, topic: str, since_ms: float) -> dict[int, float]:
+    """``seq`` -> Kafka timestamp (ms) of the records of ``topic`` stamped at or after ``since_ms``.
+
+    Used on Herald's ``<prefix>-actions`` topic: an action record is produced by the source
+    agent, so its timestamp splits a delivery's latency into the source hop and the sink hop.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
+    )
+    await consumer.start()
+    found: dict[int, float] = {}
+    try:
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + 60
+        while True:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                return found
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end within 60 s")
+            batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            for records in batch.values():
+                for record in records:
+                    if record.timestamp < since_ms or record.value is None:
+                        continue
+                    match = _SEQ.search(record.value)
+                    if match is not None:
+                        found.setdefault(int(match.group(1)), float(record.timestamp))
+    finally:
+        await consumer.stop()
