@@ -36,29 +36,46 @@ def blob_hash(blob: bytes) -> bytes:
 
 
 class RuleSet:
-    """Compiled handlers from the rules table, rebuilt when the table's version moves."""
+    """Compiled handlers from the rules table, rebuilt when the table's version moves.
+
+    Seeds this worker writes are used at once from a local overlay, not only once the rules
+    table has read them back: the table follows its changelog through the same consumer as the
+    source topics, so on a first start with a backlog it may not catch up before the source
+    agent needs the handlers. An overlay entry is dropped once the table holds the seed marker
+    written after it (same partition, so the handler record before it is applied too, and any
+    later runtime change wins).
+    """
 
     def __init__(self, config: HeraldConfig, table: RulesTable, topic_name: str) -> None:
         self.config = config
         self.table = table
         self.topic_name = topic_name
         self.ready = asyncio.Event()
-        self._version = -1
+        self._version: tuple[int, int] = (-1, -1)
         self._index = HandlerIndex([])
         self._compiled: dict[bytes, CompiledHandler | None] = {}  # by blob hash
+        self._overlay: dict[bytes, tuple[bytes, bytes]] = {}  # name -> (blob, seed hash)
+        self._overlay_generation = 0
 
     def index(self) -> HandlerIndex:
-        version = getattr(self.table, "version", 0)
+        version = (getattr(self.table, "version", 0), self._overlay_generation)
         if version != self._version:
-            self._version = version
             self._index = HandlerIndex(self._compile_table())
+            self._version = (getattr(self.table, "version", 0), self._overlay_generation)
         return self._index
 
     def _compile_table(self) -> list[CompiledHandler]:
-        handlers: list[CompiledHandler] = []
+        entries: dict[bytes, bytes] = {}
         for key, blob in list(self.table.items()):
-            if key.startswith(SEED_PREFIX) or blob is None:
-                continue
+            if not key.startswith(SEED_PREFIX) and blob is not None:
+                entries[key] = blob
+        for name, (blob, digest) in list(self._overlay.items()):
+            if self.table.get(SEED_PREFIX + name) == digest:
+                del self._overlay[name]  # the table has caught up with this seed
+            else:
+                entries[name] = blob
+        handlers: list[CompiledHandler] = []
+        for key, blob in entries.items():
             compiled = self._compile(key.decode("utf-8", errors="replace"), blob)
             if compiled is not None:
                 handlers.append(compiled)
@@ -80,24 +97,22 @@ class RuleSet:
         self._compiled[digest] = compiled
         return compiled
 
-    async def seed(self, send: Any, timeout: float = 60.0) -> None:
-        """Write configuration handlers that are new or changed, then wait to see them."""
-        wanted: dict[bytes, bytes] = {}
+    async def seed(self, send: Any) -> None:
+        """Publish configuration handlers that are new or changed, and use them at once.
+
+        Called once the rules table is recovered. A handler is written only when its
+        configuration changed since it was last seeded, so a runtime change survives restarts.
+        """
         for handler in self.config.eventHandlers:
             blob = handler_blob(handler)
             name = handler.name.encode()
-            seed_key = SEED_PREFIX + name
-            if self.table.get(seed_key) != blob_hash(blob):
+            digest = blob_hash(blob)
+            if self.table.get(SEED_PREFIX + name) != digest:
                 log.info("seeding handler %r from the configuration", handler.name)
                 await send(name, blob)
-                await send(seed_key, blob_hash(blob))
-                wanted[name] = blob
-        deadline = asyncio.get_running_loop().time() + timeout
-        while any(self.table.get(k) != v for k, v in wanted.items()):
-            if asyncio.get_running_loop().time() > deadline:
-                log.error("seeded handlers did not appear in the rules table within %ss", timeout)
-                break
-            await asyncio.sleep(0.05)
+                await send(SEED_PREFIX + name, digest)
+                self._overlay[name] = (blob, digest)
+        self._overlay_generation += 1
         self.ready.set()
 
 

@@ -134,3 +134,31 @@ def test_two_workers_in_one_group_share_the_partitions(
         assert one["delivered"] + two["delivered"] == total
     finally:
         herald.stop()
+
+
+def test_first_start_on_a_backlog_uses_the_configured_handlers(
+    broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
+) -> None:
+    """More records waiting than Faust buffers (4096) must not starve the rules table."""
+    topic = unique_topic("backlog")
+    total = 6000
+    handler = {**numbered_handler(topic), "condition": "$.n % 100 == 0"}
+    herald = HeraldDeployment(
+        tmp_path,
+        broker.bootstrap,
+        handlers=[handler],
+        targets=[webhook_target(receiver.url)],
+        source_partitions=2,
+    )
+    try:
+        produce(broker.bootstrap, topic, messages(total, keys=10))
+        worker = herald.start_worker()
+        wait_all(receiver, set(range(0, total, 100)), timeout=120)
+        deadline = time.monotonic() + 30
+        while stats(worker)["consumed"] < total and time.monotonic() < deadline:
+            time.sleep(0.2)
+        counters = stats(worker)
+        assert counters["consumed"] == total
+        assert counters["matched"] == total // 100
+    finally:
+        herald.stop()
