@@ -550,13 +550,6 @@ def run_herald(
 
     steady_row: Row | None = None
     try:
-        if not args.cold_start:
-            # Seed the handlers into the rules table on an empty topic first (see README:
-            # a first start with a backlog of more than stream_buffer_maxsize records does not
-            # see its handlers for 60 s), then stop; the measured start is a restart.
-            worker.start()
-            watch_drain(worker, lambda: 0, 0, timeout=120.0, ready_url=ready_url)
-            worker.stop()
         row.details["produce_seconds"] = round(
             run_sync(
                 lambda: workload.preload(broker.bootstrap, topic, messages, alarm_every=every)
@@ -867,13 +860,6 @@ def report(rows: list[Row], machine: dict[str, Any], args: argparse.Namespace) -
         "and every latency figure here varies a lot from run to run; Herald makes two hops "
         "(source topic -> actions topic -> sink) before the HTTP call.",
     ]
-    if not args.cold_start and any(r.case.startswith("herald") for r in rows):
-        lines.append(
-            "Each Herald worker was first started on the empty topic to seed its handlers, then "
-            "stopped and started again on the loaded topic (a first start with a backlog of "
-            "more than 4096 records stalls 60 s and processes that backlog without its "
-            "handlers; --cold-start shows it)."
-        )
     return "\n".join(lines)
 
 
@@ -926,12 +912,6 @@ def main(argv: list[str] | None = None) -> int:
         "such a run are not the benchmark's); writes bench/results/profile-*.txt",
     )
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="results file")
-    parser.add_argument(
-        "--cold-start",
-        action="store_true",
-        help="start each Herald worker for the first time on the loaded topic (no seeding "
-        "start on the empty topic first); shows the first-start stall described in README",
-    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     deliver_messages = args.deliver_messages or max(1, args.messages // 10)
