@@ -93,7 +93,12 @@ async def call(
         status, text, content_type, retry_after = await _send(
             ctx.http, method, url, target, headers, json_body, params
         )
-        if status in (401, 403) and attempt == 1 and auth and auth_error_code(text) in RENEW_ON:
+        if (
+            status in (401, 403)
+            and attempt == 1
+            and target.keyId
+            and auth_error_code(text) in RENEW_ON
+        ):
             auth = await tokens.renew(ctx.http, target, stale=auth.get("X-Authorization"))
             continue
         break

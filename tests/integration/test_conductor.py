@@ -299,8 +299,10 @@ def test_no_repeated_start_workflow_after_a_redelivery(
     assert again.status == 200
     assert again.json["idempotencyKey"] == first.json["idempotencyKey"]
     (workflow_id,) = conductor.workflows  # the repeat returned the workflow already started
-    record = next(iter(executions(herald, 1).values()))
-    assert (record["status"], record["result"]) == ("COMPLETED", {"workflowId": workflow_id})
+    records = consume(broker.bootstrap, herald.executions_topic, 1, timeout=30)
+    record = next(r["json"] for r in records if r["json"]["status"] == "COMPLETED")
+    assert record["result"] == {"workflowId": workflow_id}
+    assert record["id"] == first.json["idempotencyKey"]
 
     # The same action record seen again (a redelivery after the dedupe mark was written) is
     # skipped without calling Conductor at all.

@@ -559,3 +559,34 @@ def test_conductor_params_are_checked_at_load() -> None:
         "eventHandlers[0](name=h).actions[1].start_workflow.idempotencyStrategy",
         "eventHandlers[0](name=h).actions[2].complete_task.reasonForIncompletion",
     ]
+
+
+def test_a_server_that_turns_authentication_on_gets_a_token() -> None:
+    with ConductorServer(auth=False).define_workflow("order_flow") as server:
+        config, request = render(
+            server, {"action": "start_workflow", "start_workflow": {"name": "order_flow"}}
+        )
+        _, later = render(
+            server,
+            {"action": "start_workflow", "start_workflow": {"name": "order_flow"}},
+            offset=43,
+        )
+        by_name = {t.name: t for t in config.targets}
+
+        async def go() -> list[Any]:
+            async with aiohttp.ClientSession() as session:
+                ctx = DeliveryContext(http=session, targets=by_name, publish=_no_publish)
+                first = await ACTIONS["start_workflow"].deliver(request, ctx, by_name["conductor"])
+                server.auth = True  # the remembered "no authentication" is now wrong
+                second = await ACTIONS["start_workflow"].deliver(later, ctx, by_name["conductor"])
+                return [first, second]
+
+        first, second = asyncio.run(go())
+        assert first != second
+        assert [(c.path, c.status) for c in server.requests()] == [
+            ("/api/token", 404),
+            ("/api/workflow", 200),
+            ("/api/workflow", 401),
+            ("/api/token", 200),
+            ("/api/workflow", 200),
+        ]
