@@ -90,7 +90,7 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
             await topic.maybe_declare()
         await app.tables.recovery.completed.wait()
 
-        async def send(key: bytes, value: bytes) -> None:
+        async def send(key: bytes, value: bytes | None) -> None:
             fut = await topics.rules.send(key=key, value=value, partition=0, force=True)
             await fut
 

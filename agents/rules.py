@@ -54,7 +54,8 @@ class RuleSet:
         self._version: tuple[int, int] = (-1, -1)
         self._index = HandlerIndex([])
         self._compiled: dict[bytes, CompiledHandler | None] = {}  # by blob hash
-        self._overlay: dict[bytes, tuple[bytes, bytes]] = {}  # name -> (blob, seed hash)
+        # name -> (blob, seed hash); (None, None) for a handler being removed
+        self._overlay: dict[bytes, tuple[bytes | None, bytes | None]] = {}
         self._overlay_generation = 0
 
     def index(self) -> HandlerIndex:
@@ -72,6 +73,8 @@ class RuleSet:
         for name, (blob, digest) in list(self._overlay.items()):
             if self.table.get(SEED_PREFIX + name) == digest:
                 del self._overlay[name]  # the table has caught up with this seed
+            elif blob is None:
+                entries.pop(name, None)  # removed from the configuration
             else:
                 entries[name] = blob
         handlers: list[CompiledHandler] = []
@@ -103,15 +106,26 @@ class RuleSet:
         Called once the rules table is recovered. A handler is written only when its
         configuration changed since it was last seeded, so a runtime change survives restarts.
         """
+        configured = set()
         for handler in self.config.eventHandlers:
             blob = handler_blob(handler)
             name = handler.name.encode()
+            configured.add(name)
             digest = blob_hash(blob)
             if self.table.get(SEED_PREFIX + name) != digest:
                 log.info("seeding handler %r from the configuration", handler.name)
                 await send(name, blob)
                 await send(SEED_PREFIX + name, digest)
                 self._overlay[name] = (blob, digest)
+        # A handler seeded from an earlier configuration and no longer in it is removed;
+        # handlers added at runtime (they have no seed marker) stay.
+        for key in [k for k in list(self.table.keys()) if k.startswith(SEED_PREFIX)]:
+            name = key[len(SEED_PREFIX) :]
+            if name not in configured:
+                log.info("removing handler %r: no longer in the configuration", name.decode())
+                await send(name, None)
+                await send(key, None)
+                self._overlay[name] = (None, None)
         self._overlay_generation += 1
         self.ready.set()
 

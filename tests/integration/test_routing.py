@@ -347,3 +347,45 @@ def _reply(status: int, headers: dict | None = None, body=None):
     from agents.embedded.receiver import Reply
 
     return Reply(status=status, headers=headers or {}, body=body)
+
+
+def test_a_handler_removed_from_the_configuration_is_removed_on_restart(
+    broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path, deployments
+) -> None:
+    import yaml
+
+    topic = unique_topic("removal")
+
+    def hook(name: str) -> dict:
+        return {
+            "name": name,
+            "event": f"kafka:local:{topic}",
+            "active": True,
+            "actions": [{"action": "webhook", "webhook": {"url": name, "body": {"n": "${n}"}}}],
+        }
+
+    herald = deploy(
+        deployments,
+        tmp_path,
+        broker,
+        handlers=[hook("kept"), hook("dropped")],
+        targets=[webhook_target(receiver.url)],
+    )
+    worker = herald.start_worker()
+    produce(broker.bootstrap, topic, [{"key": "a", "value": {"n": 1}}])
+    receiver.wait_for(2, timeout=30)
+    worker.stop()
+    herald.config["eventHandlers"] = [hook("kept")]
+    herald.config_path.write_text(yaml.safe_dump(herald.config, sort_keys=False))
+    herald.start_worker(worker)
+    produce(broker.bootstrap, topic, [{"key": "a", "value": {"n": 2}}])
+    receiver.wait_for(1, timeout=30, path="/hooks/kept", predicate=lambda r: r.json["n"] == 2)
+    _wait_counter(worker, "consumed", 1)
+    import time
+
+    time.sleep(1.0)
+    assert sorted((r.path, r.json["n"]) for r in receiver.requests) == [
+        ("/hooks/dropped", 1),
+        ("/hooks/kept", 1),
+        ("/hooks/kept", 2),
+    ]
