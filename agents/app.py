@@ -59,6 +59,7 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
         producer_acks=-1,
         broker_commit_interval=settings.commitIntervalSeconds,
         broker_session_timeout=settings.sessionTimeoutSeconds,
+        recovery_consistency_check=settings.recoveryConsistencyCheck,
         broker_heartbeat_interval=min(3.0, settings.sessionTimeoutSeconds / 4),
         consumer_auto_offset_reset="earliest",
         autodiscover=False,

@@ -352,6 +352,10 @@ class HeraldSettings(Strict):
     replicationFactor: int = Field(default=1, ge=1)  # of Herald's internal topics
     commitIntervalSeconds: float = Field(default=1.0, gt=0)
     sessionTimeoutSeconds: float = Field(default=10.0, gt=0)  # consumer group session timeout
+    # Faust's check at table recovery that the local RocksDB state is not ahead of its
+    # changelog (it is, after topics were deleted and recreated). Only for brokers whose high
+    # watermark lags acknowledged writes, such as the embedded tansu, set it to false.
+    recoveryConsistencyCheck: bool = True
     extraSourceTopics: list[str] = Field(default_factory=list)  # for handlers added at runtime
     # Ping ilert heartbeats from the leader worker (ilagent's -b), and serve ilert's event API
     # on the web port (ilagent's -p): see agents/heartbeats.py and agents/ilagent_api.py.
