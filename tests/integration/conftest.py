@@ -1,4 +1,5 @@
-"""Secured clusters and the test PKI, started once per session and only when a test asks."""
+"""Integration fixtures: Herald deployments per test; secured clusters and the test PKI,
+started once per session and only when a test asks."""
 
 from __future__ import annotations
 
@@ -6,8 +7,18 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.herald import HeraldDeployment
 from tests.support.secured import SecuredCluster, start_cluster
 from tests.support.tls import Pki, make_pki
+
+
+@pytest.fixture
+def deployments() -> Iterator[list[HeraldDeployment]]:
+    """Herald deployments a test creates; their workers are stopped after the test."""
+    created: list[HeraldDeployment] = []
+    yield created
+    for deployment in created:
+        deployment.stop()
 
 
 @pytest.fixture(scope="session")

@@ -304,12 +304,6 @@ def test_registry_authentication_types_and_https(pki, unique_topic) -> None:
 # --------------------------------------------------------------------------- workers
 
 
-@pytest.fixture
-def deployments() -> Iterator[list[HeraldDeployment]]:
-    created: list[HeraldDeployment] = []
-    yield created
-    for deployment in created:
-        deployment.stop()
 
 
 def serialized(registry: SchemaRegistryServer, topic: str, value: dict, schema=ALARM) -> bytes:

@@ -18,16 +18,8 @@ import yaml
 
 from agents.embedded.broker import EmbeddedBroker
 from tests.support.conductor_server import ConductorServer
-from tests.support.herald import FAST_RETRY, HeraldDeployment, stats
+from tests.support.herald import FAST_RETRY, HeraldDeployment, deploy, stats
 from tests.support.kafka import consume, produce
-
-
-@pytest.fixture
-def deployments() -> Iterator[list[HeraldDeployment]]:
-    created: list[HeraldDeployment] = []
-    yield created
-    for deployment in created:
-        deployment.stop()
 
 
 @pytest.fixture
@@ -53,10 +45,6 @@ def conductor_target(server: ConductorServer, *, credentials: bool = True) -> di
     return target
 
 
-def deploy(deployments, tmp_path, broker, **kwargs) -> HeraldDeployment:
-    deployment = HeraldDeployment(tmp_path, broker.bootstrap, **kwargs)
-    deployments.append(deployment)
-    return deployment
 
 
 def executions(herald: HeraldDeployment, count: int) -> dict[str, dict[str, Any]]:

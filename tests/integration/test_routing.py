@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from agents.embedded.broker import EmbeddedBroker
 from agents.embedded.receiver import Receiver
-from tests.support.herald import HeraldDeployment, ilert_target, stats, webhook_target
+from tests.support.herald import deploy, ilert_target, stats, webhook_target
 from tests.support.kafka import consume, produce
 
 ILERT_HANDLER = {
@@ -47,18 +43,8 @@ def alarm(code: str, state: str, comment: str = "c", kind: str = "ALARM") -> dic
     }
 
 
-@pytest.fixture
-def deployments(tmp_path: Path) -> Iterator[list[HeraldDeployment]]:
-    created: list[HeraldDeployment] = []
-    yield created
-    for deployment in created:
-        deployment.stop()
 
 
-def deploy(deployments, tmp_path, broker, **kwargs) -> HeraldDeployment:
-    deployment = HeraldDeployment(tmp_path, broker.bootstrap, **kwargs)
-    deployments.append(deployment)
-    return deployment
 
 
 def test_alarm_becomes_exact_ilert_event_and_non_alarms_are_filtered(

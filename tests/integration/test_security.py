@@ -279,12 +279,6 @@ def test_herald_check_connect_reports_every_integration_without_secrets(
 # --------------------------------------------------------------------------- workers
 
 
-@pytest.fixture
-def deployments():
-    created: list[HeraldDeployment] = []
-    yield created
-    for deployment in created:
-        deployment.stop()
 
 
 def test_worker_with_a_wrong_password_stops_at_once_naming_the_integration(

@@ -126,6 +126,15 @@ class HeraldDeployment:
                 worker.stop()
 
 
+def deploy(
+    deployments: list[HeraldDeployment], tmp_path: Path, broker: Any, **kwargs: Any
+) -> HeraldDeployment:
+    """A new deployment on `broker`, registered with the `deployments` fixture for cleanup."""
+    deployment = HeraldDeployment(tmp_path, broker.bootstrap, **kwargs)
+    deployments.append(deployment)
+    return deployment
+
+
 def wait_http_ready(worker: WorkerProcess, timeout: float = 60.0) -> None:
     """Wait until the worker's /ready says rules are loaded and partitions assigned."""
     deadline = time.monotonic() + timeout
