@@ -125,6 +125,8 @@ class SinkRunner:
                 error,
                 delay,
             )
+            # visible while retrying; the final status replaces it in the table
+            self._record(request, executions.FAILED, attempts=attempt, error=str(error))
 
         outcome = await run_with_retry(
             lambda: action_cls.deliver(request, ctx, target), policy, on_retry=on_retry

@@ -43,10 +43,6 @@ def alarm(code: str, state: str, comment: str = "c", kind: str = "ALARM") -> dic
     }
 
 
-
-
-
-
 def test_alarm_becomes_exact_ilert_event_and_non_alarms_are_filtered(
     broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path, deployments
 ) -> None:
@@ -153,8 +149,13 @@ def test_transient_failures_are_retried_honouring_retry_after(
     assert [a.status for a in attempts] == [503, 429, 202]
     assert attempts[2].time - attempts[1].time >= 1.0  # Retry-After: 1 was honoured
     assert len({a.header("Idempotency-Key") for a in attempts}) == 1  # the same delivery
-    record = consume(broker.bootstrap, herald.executions_topic, 1, timeout=20)[0]["json"]
-    assert (record["status"], record["attempts"]) == ("COMPLETED", 3)
+    records = [r["json"] for r in consume(broker.bootstrap, herald.executions_topic, 3, timeout=20)]
+    assert [(r["status"], r["attempts"]) for r in records] == [
+        ("FAILED", 1),
+        ("FAILED", 2),
+        ("COMPLETED", 3),
+    ]
+    assert records[0]["error"].startswith("HTTP 503")
 
 
 def test_permanent_failure_is_dead_lettered_and_replay_delivers_it(
