@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from agents.embedded.broker import EmbeddedBroker, create_topics, free_port
+from agents.embedded.broker import EmbeddedBroker, create_topics
 from agents.embedded.receiver import Receiver
+from agents.embedded.worker import WorkerProcess
 from agents.topics import dlq_name
 from streams.config.loader import load_config
 
@@ -61,7 +59,7 @@ def run_demo(messages: int = 0, keep: bool = False) -> int:
     print(f"herald demo: working in {workdir}")
     broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
     receiver = Receiver().start()
-    worker: subprocess.Popen[bytes] | None = None
+    worker: WorkerProcess | None = None
     env = _demo_env(broker.bootstrap, receiver.url, workdir)
     try:
         config = load_config(CONFIG, environ=env)
@@ -69,8 +67,10 @@ def run_demo(messages: int = 0, keep: bool = False) -> int:
         outputs = sorted(_publish_topics(config))
         create_topics(broker.bootstrap, {t: 3 for t in sources + outputs})
         print(f"broker  {broker.bootstrap}   receiver {receiver.url}")
-        worker, port = _start_worker(env, workdir)
-        _wait_ready(port, worker, workdir)
+        worker = WorkerProcess(env=env, workdir=workdir).start()
+        print(f"worker  pid {worker.pid}, log {worker.log_path}")
+        worker.wait_http_ready(timeout=120)
+        print("worker  ready")
         samples = SAMPLES + _generated(messages)
         _produce(broker.bootstrap, sources[0], samples)
         print(f"produced {len(samples)} messages to {sources[0]!r}\n")
@@ -89,11 +89,11 @@ def run_demo(messages: int = 0, keep: bool = False) -> int:
     except Exception as exc:  # the demo reports, it does not hide
         print(f"herald demo failed: {exc}", file=sys.stderr)
         if worker is not None:
-            print(_tail(workdir / "worker.log"), file=sys.stderr)
+            print(worker.log_tail(40), file=sys.stderr)
         return 1
     finally:
         if worker is not None:
-            _stop(worker)
+            worker.stop(timeout=30)
             print("worker stopped")
         receiver.stop()
         broker.stop()
@@ -123,46 +123,6 @@ def _publish_topics(config) -> set[str]:  # noqa: ANN001
                 if to.startswith("kafka:") and "${" not in to:
                     topics.add(to.rsplit(":", 1)[-1])
     return topics
-
-
-def _start_worker(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    log = open(workdir / "worker.log", "wb")  # noqa: SIM115 - closed with the process
-    cmd = [
-        sys.executable,
-        "-m",
-        "faust",
-        "-A",
-        "agents.app",
-        "worker",
-        "-l",
-        "info",
-        "--web-port",
-        str(port),
-        "--web-host",
-        "127.0.0.1",
-    ]
-    worker = subprocess.Popen(
-        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(CONFIG.parent.parent)
-    )
-    print(f"worker  pid {worker.pid}, log {workdir / 'worker.log'}")
-    return worker, port
-
-
-def _wait_ready(port: int, worker: subprocess.Popen[bytes], workdir: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise RuntimeError(f"worker exited with code {worker.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as resp:
-                if resp.status == 200:
-                    print("worker  ready")
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("worker not ready within 120 s")
 
 
 def _generated(count: int) -> list[tuple[str | None, bytes]]:
@@ -242,19 +202,3 @@ def _print_topic(bootstrap: str, topics: list[str], title: str) -> None:
         if value and len(value) > 300:
             value = value[:300] + "..."
         print(f"  {record.topic}[{record.partition}]@{record.offset} key={record.key!r} {value}")
-
-
-def _stop(worker: subprocess.Popen[bytes]) -> None:
-    worker.send_signal(signal.SIGTERM)
-    try:
-        worker.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""

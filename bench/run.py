@@ -40,8 +40,8 @@ from typing import Any
 import yaml
 
 from agents.embedded.broker import EmbeddedBroker, create_topics, run_sync
+from agents.embedded.worker import REPO_ROOT, WorkerError, WorkerProcess
 from bench import workload
-from tests.support.worker import REPO_ROOT, WorkerError, WorkerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTITIONS = 8

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.worker import REPO_ROOT
+from agents.embedded.worker import REPO_ROOT
 
 EXAMPLE_ENV = {
     "HERALD_BOOTSTRAP": "127.0.0.1:9092",

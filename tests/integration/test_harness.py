@@ -21,8 +21,8 @@ import pytest
 
 from agents.embedded.broker import BrokerStartError, EmbeddedBroker, create_topics
 from agents.embedded.receiver import Delay, Hang, Receiver, Reply
+from agents.embedded.worker import REPO_ROOT, WorkerProcess
 from tests.support.kafka import consume, create_topic, produce
-from tests.support.worker import REPO_ROOT, WorkerProcess
 
 
 def http(

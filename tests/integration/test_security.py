@@ -18,6 +18,7 @@ import yaml
 
 from agents.embedded.broker import free_port
 from agents.embedded.receiver import Receiver
+from agents.embedded.worker import REPO_ROOT
 from streams.config.capabilities import check_supported
 from streams.config.models import HeraldConfig, Integration
 from streams.errors import ConfigError
@@ -27,7 +28,6 @@ from tests.support.kafka import consume, create_topics, produce
 from tests.support.sasl_gateway import SaslGateway
 from tests.support.secured import PASSWORD, USER, SecuredCluster
 from tests.support.tls import TRUSTSTORE_PASSWORD, keytool_jks
-from tests.support.worker import REPO_ROOT
 
 from agents.connectivity import run_in_thread  # isort: skip
 

@@ -8,7 +8,6 @@ workers only through Kafka, HTTP and the workers' own web endpoints.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -18,7 +17,7 @@ from typing import Any
 import yaml
 
 from agents.embedded.broker import create_topics
-from tests.support.worker import WorkerProcess
+from agents.embedded.worker import WorkerProcess
 
 FAST_SETTINGS: dict[str, Any] = {
     # tansu completes a group's first join after half the session timeout: keep it short.
@@ -117,7 +116,7 @@ class HeraldDeployment:
         worker = worker or self.worker()
         worker.start()
         worker.wait_ready(timeout)
-        wait_http_ready(worker, timeout)
+        worker.wait_http_ready(timeout)
         return worker
 
     def stop(self) -> None:
@@ -133,25 +132,6 @@ def deploy(
     deployment = HeraldDeployment(tmp_path, broker.bootstrap, **kwargs)
     deployments.append(deployment)
     return deployment
-
-
-def wait_http_ready(worker: WorkerProcess, timeout: float = 60.0) -> None:
-    """Wait until the worker's /ready says rules are loaded and partitions assigned."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if not worker.running:
-            raise AssertionError(f"worker exited:\n{worker.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{worker.web_url}/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except urllib.error.HTTPError as exc:
-            last = exc.read().decode(errors="replace")
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.2)
-    raise AssertionError(f"worker not ready within {timeout}s ({last}):\n{worker.log_tail()}")
 
 
 def stats(worker: WorkerProcess) -> dict[str, int]:

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.embedded.broker import free_port
-from tests.support.herald import wait_http_ready
-from tests.support.worker import WorkerProcess
+from agents.embedded.worker import WorkerProcess
 
 
 class IlagentDaemon(WorkerProcess):
@@ -52,7 +51,7 @@ class IlagentDaemon(WorkerProcess):
 
     def start_ready(self, timeout: float = 90.0) -> IlagentDaemon:
         self.start()
-        wait_http_ready(self, timeout)
+        self.wait_http_ready(timeout)
         return self
 
     def http(

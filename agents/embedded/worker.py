@@ -1,5 +1,7 @@
 """Run a Faust worker as a real subprocess, the way it runs in production.
 
+Used by the tests, the benchmark and `herald demo`.
+
 At-least-once behaviour only shows across process boundaries: a SIGKILL mid-batch, a restart
 that must recover a RocksDB table from its changelog, two workers sharing a group. So tests
 start ``python -m faust -A <module> worker`` exactly as an operator would, with the
@@ -34,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -203,6 +207,33 @@ class WorkerProcess:
         match = self.wait_for_log(pattern or self.ready_pattern, timeout)
         self.ready_at = time.monotonic()
         return match
+
+    def wait_http_ready(self, timeout: float = 60.0, path: str = "/ready") -> None:
+        """Block until the worker's web server answers 200 on ``path``.
+
+        Herald's ``/ready`` says rules are loaded and partitions assigned, which comes after
+        Faust's ready line. Raises :class:`WorkerError` with the last answer and the log tail.
+        """
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise WorkerError(
+                    f"worker exited with code {self.returncode}; log {self.log_path}:\n"
+                    f"{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.web_url}{path}", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except urllib.error.HTTPError as exc:
+                last = exc.read().decode(errors="replace")
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise WorkerError(
+            f"worker not ready within {timeout}s ({last}); log {self.log_path}:\n{self.log_tail()}"
+        )
 
     @property
     def startup_seconds(self) -> float | None:
