@@ -16,7 +16,8 @@ import argparse
 import os
 import sys
 
-from streams.config.loader import config_path_from_env, describe, load_config
+from streams.config.describe import describe
+from streams.config.loader import config_path_from_env, load_config
 from streams.errors import ConfigError
 
 

@@ -12,12 +12,8 @@ import pytest
 
 from streams.actions.base import ActionType, ParamsModel
 from streams.actions.registry import ACTIONS
-from streams.config.loader import (
-    config_path_from_env,
-    describe,
-    internal_topics,
-    load_config,
-)
+from streams.config.describe import describe, internal_topics
+from streams.config.loader import config_path_from_env, load_config
 from streams.config.models import HeraldConfig
 from streams.errors import ConfigError
 
