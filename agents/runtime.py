@@ -64,7 +64,10 @@ class Runtime:
     def http(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
             connector = aiohttp.TCPConnector(limit=max(100, self.config.herald.maxInFlight))
-            self._http = aiohttp.ClientSession(connector=connector)
+            # No cookies: deliveries are independent calls, and the jar costs time on each.
+            self._http = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+            )
         return self._http
 
     def avro(self, name: str) -> AvroCodec | None:

@@ -5,9 +5,11 @@ actions with the same key are delivered in order while different keys proceed in
 a failing endpoint delays only its own keys. `maxInFlight` bounds the records held by lanes,
 which also bounds the repeats a crash can cause.
 
-A record is acked only after its delivery succeeded (and the dedupe table recorded it) or it
-was dead-lettered; then its execution record is written. Before delivering, the dedupe table
-is checked, so a record redelivered after a restart is not delivered again.
+Records come a fetched batch at a time (agents.batches); a batch is finished, so its offsets
+may be committed, only when each of its records was delivered (and the dedupe table's mark is
+in the changelog) or dead-lettered. Each outcome also writes an execution record. Before
+delivering, the dedupe table is checked, so a record redelivered after a restart is not
+delivered again.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import logging
 import time
 import weakref
 from collections import deque
+from typing import Any
 
+import orjson
 from faust.streams import _current_event
-from faust.types import TP, EventT, StreamT
+from faust.types import TP
 
+from agents.batches import Batch, BatchChannel, RecordEvent
 from agents.runtime import Runtime
 from streams import executions
 from streams.actions.base import ActionRequest
@@ -34,38 +39,60 @@ log = logging.getLogger("herald.sink")
 DEFAULT_POLICY = RetryPolicy()
 
 
+class _BatchState:
+    """How many records of a batch are still being delivered; done, the batch's ticket is."""
+
+    __slots__ = ("remaining", "batch")
+
+    def __init__(self, batch: Batch) -> None:
+        self.remaining = len(batch.records)
+        self.batch = batch
+
+    def one_done(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.batch.ticket.done()
+
+
 class SinkRunner:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, channel: BatchChannel) -> None:
         self.runtime = runtime
+        self.channel = channel
         self.capacity = asyncio.Semaphore(runtime.config.herald.maxInFlight)
-        self.lanes: dict[bytes, deque[EventT]] = {}
+        self.lanes: dict[bytes, deque[tuple[Any, _BatchState]]] = {}
         self.tasks: dict[bytes, asyncio.Task] = {}
 
-    async def run(self, stream: StreamT) -> None:
-        manual = stream.noack()
-        async for event in manual.events():
-            await self.capacity.acquire()
-            key = event.message.key or b""
-            lane = self.lanes.get(key)
-            if lane is None:
-                lane = self.lanes[key] = deque()
-                self.tasks[key] = asyncio.ensure_future(self._drain(key, lane, manual))
-            lane.append(event)
+    async def run(self) -> None:
+        while True:
+            batch = await self.channel.get()
+            state = _BatchState(batch)
+            for record in batch.records:
+                await self.capacity.acquire()
+                key = record.key or b""
+                lane = self.lanes.get(key)
+                if lane is None:
+                    lane = self.lanes[key] = deque()
+                    self.tasks[key] = asyncio.ensure_future(self._drain(key, lane))
+                lane.append((record, state))
 
     def revoke(self, revoked: set[TP]) -> None:
         """Stop lanes of partitions this worker lost; their records are redelivered elsewhere."""
         for key, lane in list(self.lanes.items()):
-            if lane and lane[0].message.tp in revoked:
+            if lane and lane[0][1].batch.tp in revoked:
                 self.tasks[key].cancel()
 
-    async def _drain(self, key: bytes, lane: deque[EventT], stream: StreamT) -> None:
+    async def _drain(self, key: bytes, lane: deque[tuple[Any, _BatchState]]) -> None:
         try:
             while lane:
-                event = lane[0]
-                await self._process(event)
+                record, state = lane[0]
+                durable = await self._process(record)
                 lane.popleft()
-                await stream.ack(event)
-                self.capacity.release()
+                # The lane moves on to the key's next record at once; this record counts as
+                # done (its batch may be committed) only when its dedupe mark is in Kafka.
+                if durable is None:
+                    self._finish(state)
+                else:
+                    durable.add_done_callback(lambda fut, s=state: self._finish(s, fut))
         except asyncio.CancelledError:
             for _ in lane:
                 self.capacity.release()
@@ -75,42 +102,53 @@ class SinkRunner:
                 del self.lanes[key]
                 del self.tasks[key]
 
-    async def _process(self, event: EventT) -> None:
+    def _finish(self, state: _BatchState, durable: asyncio.Future | None = None) -> None:
+        if durable is not None and (durable.cancelled() or durable.exception() is not None):
+            # As before batching: the delivery happened, so it still counts.
+            error = "cancelled" if durable.cancelled() else durable.exception()
+            log.warning("dedupe mark not confirmed by the broker: %s", error)
+        state.one_done()
+        self.capacity.release()
+
+    async def _process(self, record: Any) -> asyncio.Future | None:
+        """Deliver one action record; returns the dedupe mark's changelog write, if any."""
         # Table writes go to the changelog partition of "the current event"; in a lane task
         # that is the record being delivered (the same partition as the lane's key).
+        event = RecordEvent(record)
         _current_event.set(weakref.ref(event))
         try:
-            request = ActionRequest.from_bytes(event.message.value)
+            request = ActionRequest.from_bytes(record.value)
         except Exception as exc:
-            await self._dead_letter_raw(event, f"unreadable action record: {exc!r}")
-            return
+            await self._dead_letter_raw(record, f"unreadable action record: {exc!r}")
+            return None
         try:
-            await self._deliver(event, request)
+            return await self._deliver(request)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug: dead-letter with the reason rather than lose it
             log.exception("internal error delivering %s", request.id)
             await self._dead_letter(request, f"internal error: {exc!r}", attempts=0)
+            return None
 
-    async def _deliver(self, event: EventT, request: ActionRequest) -> None:
+    async def _deliver(self, request: ActionRequest) -> asyncio.Future | None:
         runtime = self.runtime
         dedupe = runtime.tables.dedupe
         now_ms = int(time.time() * 1000)
         if dedupe.get(request.id.encode()) is not None:
             runtime.counters.skipped_duplicates += 1
             self._record(request, executions.SKIPPED, reason="already delivered")
-            return
+            return None
         user_key = b"u:" + request.dedupe_key.encode() if request.dedupe_key else None
         if user_key is not None:
             expiry = dedupe.get(user_key)
             if expiry is not None and int(expiry) > now_ms:
                 self._record(request, executions.SKIPPED, reason="dedupe window")
                 dedupe[request.id.encode()] = str(now_ms).encode()
-                return
+                return dedupe.last_changelog
         action_cls = ACTIONS.get(request.action)
         if action_cls is None:
             await self._dead_letter(request, f"unknown action {request.action!r}", attempts=0)
-            return
+            return None
         target = runtime.targets.get(request.target) if request.target else None
         policy = target.retry if target else DEFAULT_POLICY
         ctx = runtime.delivery_context()
@@ -125,7 +163,7 @@ class SinkRunner:
                 error,
                 delay,
             )
-            # visible while retrying; the final status replaces it in the table
+            # visible while retrying; the final status follows it on the topic
             self._record(request, executions.FAILED, attempts=attempt, error=str(error))
 
         outcome = await run_with_retry(
@@ -136,15 +174,15 @@ class SinkRunner:
             if user_key is not None and request.dedupe_window_s:
                 dedupe[user_key] = str(delivered + int(request.dedupe_window_s * 1000)).encode()
             dedupe[request.id.encode()] = str(delivered).encode()
-            # Ack only once the mark is durable: a record redelivered after a crash is then
-            # either undelivered or skipped, except the ones in flight at the crash.
-            await _durable(dedupe.last_changelog)
             runtime.counters.delivered += 1
             self._record(
                 request, executions.COMPLETED, attempts=outcome.attempts, result=outcome.result
             )
-        else:
-            await self._dead_letter(request, str(outcome.error), attempts=outcome.attempts)
+            # The record is done only once the mark is durable: a record redelivered after a
+            # crash is then either undelivered or skipped, except the ones in flight at the crash.
+            return dedupe.last_changelog
+        await self._dead_letter(request, str(outcome.error), attempts=outcome.attempts)
+        return None
 
     async def _dead_letter(self, request: ActionRequest, reason: str, *, attempts: int) -> None:
         source = request.source
@@ -172,8 +210,7 @@ class SinkRunner:
         self.runtime.counters.dead_lettered += 1
         self._record(request, executions.DEAD_LETTERED, attempts=attempts, error=reason)
 
-    async def _dead_letter_raw(self, event: EventT, reason: str) -> None:
-        message = event.message
+    async def _dead_letter_raw(self, message: Any, reason: str) -> None:
         letter = DeadLetter(
             stage="delivery",
             reason=reason,
@@ -211,21 +248,8 @@ class SinkRunner:
         redacted = action_cls.redact(request.payload) if action_cls else None
         rec = executions.record(request, status, redacted_payload=redacted, **fields)  # type: ignore[arg-type]
         blob = executions.to_bytes(rec)
-        self.runtime.tables.executions[request.id.encode()] = blob
         self.runtime.topics.executions.send_soon(key=request.id.encode(), value=blob, force=True)
 
 
-async def _durable(changelog_write: object) -> None:
-    """Wait for a table's changelog write; a failure is logged, the delivery still counts."""
-    if changelog_write is None:
-        return
-    try:
-        await changelog_write  # type: ignore[misc]
-    except Exception as exc:  # the record stays unacked only if we raise; we do not
-        log.warning("dedupe mark not confirmed by the broker: %s", exc)
-
-
 def _asdict(request: ActionRequest) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(request)
+    return orjson.loads(request.to_bytes())

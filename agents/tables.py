@@ -6,7 +6,9 @@
   without a restart (`herald rules put` does it after validating).
 - dedupe (RocksDB, partitioned like the actions topic): delivery id → delivered-at ms, and
   `u:<dedupe key>` → expiry ms for user-level deduplication windows.
-- executions (RocksDB, partitioned like the actions topic): delivery id → execution record.
+
+Execution records are not a table: they are written to `<prefix>-executions` only (a table
+would be a RocksDB write and a second changelog record per delivery that nothing reads).
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ class RulesTable(faust.GlobalTable):
 class Tables:
     rules: RulesTable
     dedupe: DurableTable
-    executions: DurableTable
 
 
 def declare_tables(app: faust.App, config: HeraldConfig) -> Tables:
@@ -65,5 +66,4 @@ def declare_tables(app: faust.App, config: HeraldConfig) -> Tables:
         value_type=bytes,
     )
     dedupe = app.Table("dedupe", partitions=partitions, **BYTES)
-    executions = app.Table("executions", partitions=partitions, **BYTES)
-    return Tables(rules=rules, dedupe=dedupe, executions=executions)  # type: ignore[arg-type]
+    return Tables(rules=rules, dedupe=dedupe)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+import orjson
 
 from streams.config.models import RetryPolicy
 from streams.errors import DeliveryError
@@ -82,6 +84,24 @@ def classify_status(status: int, body: str, retry_after: str | None) -> Delivery
     return DeliveryError(f"HTTP {status}: {snippet}", retryable=False, status=status)
 
 
+_JSON = {"Content-Type": "application/json"}
+_TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
+
+
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    timeout = _TIMEOUTS.get(seconds)
+    if timeout is None:
+        timeout = _TIMEOUTS[seconds] = aiohttp.ClientTimeout(total=seconds)
+    return timeout
+
+
+def _json_bytes(body: Any) -> bytes:
+    try:
+        return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # beyond orjson (integers over 64 bits): the standard library's output
+        return json.dumps(body).encode()
+
+
 async def http_request(
     session: aiohttp.ClientSession,
     method: str,
@@ -93,14 +113,13 @@ async def http_request(
     headers: dict[str, str] | None = None,
 ) -> tuple[int, str]:
     """One HTTP call; raises a DeliveryError for any failure, returns (status, body) on 2xx."""
+    if json_body is not None:
+        # orjson: ~3 µs less per call than aiohttp's json.dumps (bench/README.md)
+        data = _json_bytes(json_body)
+        headers = {**headers, **_JSON} if headers else _JSON
     try:
         async with session.request(
-            method,
-            url,
-            json=json_body,
-            data=data,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            method, url, data=data, headers=headers, timeout=_timeout(timeout)
         ) as response:
             body = await response.text(errors="replace")
             error = classify_status(response.status, body, response.headers.get("Retry-After"))

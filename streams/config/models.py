@@ -352,6 +352,13 @@ class HeraldSettings(Strict):
     replicationFactor: int = Field(default=1, ge=1)  # of Herald's internal topics
     commitIntervalSeconds: float = Field(default=1.0, gt=0)
     sessionTimeoutSeconds: float = Field(default=10.0, gt=0)  # consumer group session timeout
+    # How long a fetch may wait at the broker for records (Kafka's fetch.max.wait.ms). A broker
+    # answers as soon as records arrive, so this bounds only idle polling; a broker that holds
+    # the fetch to the deadline regardless (the embedded tansu) adds it to every hop's latency.
+    fetchMaxWaitMs: int = Field(default=100, ge=1, le=60_000)
+    # How long the producer waits to fill a batch (Kafka's linger.ms; 5 ms is Kafka 4's
+    # default). Each delivery writes several records; batching them saves a request each.
+    producerLingerMs: float = Field(default=5.0, ge=0, le=10_000)
     # Faust's check at table recovery that the local RocksDB state is not ahead of its
     # changelog (it is, after topics were deleted and recreated). Only for brokers whose high
     # watermark lags acknowledged writes, such as the embedded tansu, set it to false.

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from agents.embedded.broker import EmbeddedBroker
-from agents.embedded.receiver import Delay, Receiver, Reply
+from agents.embedded.receiver import Delay, Hang, Receiver, Reply
 from tests.support.herald import HeraldDeployment, stats, webhook_target
 from tests.support.kafka import produce
 
@@ -95,6 +95,55 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_only_in_flight(
         for key, ns in per_key_order(delivered).items():
             firsts = list(dict.fromkeys(ns))
             assert firsts == sorted(firsts), key
+    finally:
+        herald.stop()
+
+
+def test_offsets_are_not_committed_past_a_delivery_still_in_flight(
+    broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
+) -> None:
+    """One partition, its first record's endpoint hangs, the 40 after it are delivered and
+    their batch's neighbours committed around it; a SIGKILL then must not lose the first.
+
+    Faust 0.15.3's own acks commit past a record at exactly the committed offset (here offset
+    0) once the records after it are acked; Herald's batches commit only finished prefixes.
+    """
+    topic = unique_topic("slowhead")
+    receiver.respond("/hooks/slow", Hang(None))  # the first call never answers; later ones 202
+    handler = {
+        "name": "per-key",
+        "event": f"kafka:local:{topic}",
+        "active": True,
+        "actions": [
+            {
+                "action": "webhook",
+                "orderingKey": "${k}",
+                "webhook": {"url": "${k}", "body": {"n": "${n}", "k": "${k}"}},
+            }
+        ],
+    }
+    herald = HeraldDeployment(
+        tmp_path,
+        broker.bootstrap,
+        handlers=[handler],
+        targets=[webhook_target(receiver.url, timeoutSeconds=60)],
+        source_partitions=1,
+        settings={"actionPartitions": 1},
+    )
+    try:
+        first = [{"key": "slow", "value": {"n": 0, "k": "slow"}}]
+        rest = [{"key": f"k{i % 10}", "value": {"n": i, "k": f"k{i % 10}"}} for i in range(1, 41)]
+        produce(broker.bootstrap, topic, first + rest)
+        worker = herald.start_worker()
+        receiver.wait_for(40, timeout=60, path="/hooks/k")
+        receiver.wait_for(1, timeout=10, path="/hooks/slow")  # hanging, in flight
+        time.sleep(2.0)  # four commit intervals: whatever may be committed now is
+        worker.kill()
+        herald.start_worker(worker)
+        answered = receiver.wait_for(
+            1, timeout=60, path="/hooks/slow", answered=True, predicate=lambda r: r.status == 202
+        )
+        assert answered[0].json == {"n": 0, "k": "slow"}
     finally:
         herald.stop()
 
