@@ -188,7 +188,8 @@ def _read_topics(bootstrap: str, topics: list[str]) -> list:
 def _print_deliveries(receiver: Receiver) -> None:
     print("deliveries received by the local ilert/webhook receiver:")
     for req in receiver.requests:
-        body = req.text
+        # JSON is re-printed in one spacing, whatever spacing the client sent it in
+        body = json.dumps(req.json, ensure_ascii=False) if req.is_json else req.text
         print(f"  {req.method} {req.path} -> {req.status}  {body}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from streams.avro.codec import AvroCodec, AvroSpec, EncodeError
 from streams.avro.registry import RegistryClient
 from streams.config.models import HeraldConfig, SendingProtocol, Target
 from streams.errors import DeliveryError
+from streams.http1 import Http1Client
 from streams.security import aiokafka_kwargs, probe
 
 log = logging.getLogger("herald")
@@ -50,6 +52,8 @@ class Runtime:
     rules: RuleSet
     counters: Counters = field(default_factory=Counters)
     _http: aiohttp.ClientSession | None = None
+    _http1: Http1Client | None = None
+    _context: DeliveryContext | None = None
     _producers: dict[str, AIOKafkaProducer] = field(default_factory=dict)
     _avro: dict[str, AvroCodec] = field(default_factory=dict)
 
@@ -57,7 +61,7 @@ class Runtime:
     def home(self) -> str:
         return self.config.home.name
 
-    @property
+    @functools.cached_property
     def targets(self) -> dict[str, Target]:
         return {t.name: t for t in self.config.targets}
 
@@ -108,7 +112,18 @@ class Runtime:
             ) from None
 
     def delivery_context(self) -> DeliveryContext:
-        return DeliveryContext(http=self.http(), targets=self.targets, publish=self.publish)
+        """One context for every delivery: its clients hold the kept-alive connections."""
+        if self._context is None or self._context.session.closed:
+            if self._http1 is None:
+                limit = max(100, self.config.herald.maxInFlight)
+                self._http1 = Http1Client(limit_per_origin=limit)
+            self._context = DeliveryContext(
+                http=self._http1,
+                session=self.http(),
+                targets=self.targets,
+                publish=self.publish,
+            )
+        return self._context
 
     async def publish(
         self,
@@ -169,6 +184,8 @@ class Runtime:
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
+        if self._http1 is not None:
+            await self._http1.close()
         for producer in self._producers.values():
             await producer.stop()
         self._producers.clear()

@@ -61,6 +61,7 @@ class SinkRunner:
         self.capacity = asyncio.Semaphore(runtime.config.herald.maxInFlight)
         self.lanes: dict[bytes, deque[tuple[Any, _BatchState]]] = {}
         self.tasks: dict[bytes, asyncio.Task] = {}
+        self.executions_topic = runtime.topics.executions.get_topic_name()
 
     async def run(self) -> None:
         while True:
@@ -134,17 +135,18 @@ class SinkRunner:
         runtime = self.runtime
         dedupe = runtime.tables.dedupe
         now_ms = int(time.time() * 1000)
-        if dedupe.get(request.id.encode()) is not None:
+        if request.id.encode() in dedupe:  # `in`: no KeyError raised and caught per new id
             runtime.counters.skipped_duplicates += 1
-            self._record(request, executions.SKIPPED, reason="already delivered")
+            await self._record(request, executions.SKIPPED, reason="already delivered")
             return None
         user_key = b"u:" + request.dedupe_key.encode() if request.dedupe_key else None
         if user_key is not None:
-            expiry = dedupe.get(user_key)
+            expiry = dedupe[user_key] if user_key in dedupe else None
             if expiry is not None and int(expiry) > now_ms:
-                self._record(request, executions.SKIPPED, reason="dedupe window")
                 dedupe[request.id.encode()] = str(now_ms).encode()
-                return dedupe.last_changelog
+                durable = dedupe.last_changelog  # before any await: other lanes write too
+                await self._record(request, executions.SKIPPED, reason="dedupe window")
+                return durable
         action_cls = ACTIONS.get(request.action)
         if action_cls is None:
             await self._dead_letter(request, f"unknown action {request.action!r}", attempts=0)
@@ -164,7 +166,9 @@ class SinkRunner:
                 delay,
             )
             # visible while retrying; the final status follows it on the topic
-            self._record(request, executions.FAILED, attempts=attempt, error=str(error))
+            asyncio.ensure_future(
+                self._record(request, executions.FAILED, attempts=attempt, error=str(error))
+            )
 
         outcome = await run_with_retry(
             lambda: action_cls.deliver(request, ctx, target), policy, on_retry=on_retry
@@ -174,13 +178,14 @@ class SinkRunner:
             if user_key is not None and request.dedupe_window_s:
                 dedupe[user_key] = str(delivered + int(request.dedupe_window_s * 1000)).encode()
             dedupe[request.id.encode()] = str(delivered).encode()
-            runtime.counters.delivered += 1
-            self._record(
-                request, executions.COMPLETED, attempts=outcome.attempts, result=outcome.result
-            )
             # The record is done only once the mark is durable: a record redelivered after a
             # crash is then either undelivered or skipped, except the ones in flight at the crash.
-            return dedupe.last_changelog
+            durable = dedupe.last_changelog  # before any await: other lanes write too
+            runtime.counters.delivered += 1
+            await self._record(
+                request, executions.COMPLETED, attempts=outcome.attempts, result=outcome.result
+            )
+            return durable
         await self._dead_letter(request, str(outcome.error), attempts=outcome.attempts)
         return None
 
@@ -208,7 +213,7 @@ class SinkRunner:
             reason,
         )
         self.runtime.counters.dead_lettered += 1
-        self._record(request, executions.DEAD_LETTERED, attempts=attempts, error=reason)
+        await self._record(request, executions.DEAD_LETTERED, attempts=attempts, error=reason)
 
     async def _dead_letter_raw(self, message: Any, reason: str) -> None:
         letter = DeadLetter(
@@ -243,12 +248,15 @@ class SinkRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    def _record(self, request: ActionRequest, status: str, **fields: object) -> None:
+    async def _record(self, request: ActionRequest, status: str, **fields: object) -> None:
         action_cls = ACTIONS.get(request.action)
         redacted = action_cls.redact(request.payload) if action_cls else None
         rec = executions.record(request, status, redacted_payload=redacted, **fields)  # type: ignore[arg-type]
-        blob = executions.to_bytes(rec)
-        self.runtime.topics.executions.send_soon(key=request.id.encode(), value=blob, force=True)
+        # Straight to the producer (as the source's action records): Topic.send_soon's
+        # FutureMessage, buffer and callbacks cost more than the record itself.
+        await self.runtime.app.producer.send(
+            self.executions_topic, request.id.encode(), executions.to_bytes(rec), None, None, None
+        )
 
 
 def _asdict(request: ActionRequest) -> dict:

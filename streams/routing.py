@@ -5,7 +5,6 @@ Shared by the source agent and `herald replay`, and testable without Kafka.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Protocol
 
 from streams import codecs
@@ -29,14 +28,12 @@ def decode(envelope: Envelope, codec: ValueCodec | None = None) -> Envelope | De
     schemas fetched beforehand (`AvroCodec.prepare`)."""
     try:
         if codec is None:
-            return dataclasses.replace(
-                envelope, value=codecs.decode_string_value(envelope.raw_value)
-            )
+            return envelope.decoded(codecs.decode_string_value(envelope.raw_value), envelope.key)
         value = codec.decode_value(envelope.raw_value)
         key = codec.decode_key(envelope.raw_key)
     except DecodeError as exc:
         return for_envelope(envelope, "decode", str(exc))
-    return dataclasses.replace(envelope, value=value, key=key)
+    return envelope.decoded(value, key)
 
 
 def route(

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from streams.config.models import Target
 from streams.errors import TemplateError
+from streams.http1 import Http1Client
 from streams.message import Envelope
 
 
@@ -82,7 +83,8 @@ PublishFn = Callable[[str | None, str, bytes | None, bytes | None, Headers], Awa
 class DeliveryContext:
     """What a sink hands an action when it delivers it."""
 
-    http: aiohttp.ClientSession
+    http: Http1Client  # the hot path: ilert events, webhooks
+    session: aiohttp.ClientSession  # the rest: Conductor (its token flow), heartbeats
     targets: dict[str, Target]
     publish: PublishFn
     user_agent: str = "herald/0.1"

@@ -85,13 +85,13 @@ async def call(
     """
     url = api_base(target) + path
     tokens = token_cache()
-    auth = await tokens.headers(ctx.http, target)
+    auth = await tokens.headers(ctx.session, target)
     for attempt in (1, 2):
         headers = {"User-Agent": ctx.user_agent, "Accept": "application/json, text/plain"}
         headers.update(target.headers)
         headers.update(auth)
         status, text, content_type, retry_after = await _send(
-            ctx.http, method, url, target, headers, json_body, params
+            ctx.session, method, url, target, headers, json_body, params
         )
         if (
             status in (401, 403)
@@ -99,7 +99,7 @@ async def call(
             and target.keyId
             and auth_error_code(text) in RENEW_ON
         ):
-            auth = await tokens.renew(ctx.http, target, stale=auth.get("X-Authorization"))
+            auth = await tokens.renew(ctx.session, target, stale=auth.get("X-Authorization"))
             continue
         break
     if 200 <= status < 300:

@@ -353,9 +353,10 @@ class HeraldSettings(Strict):
     commitIntervalSeconds: float = Field(default=1.0, gt=0)
     sessionTimeoutSeconds: float = Field(default=10.0, gt=0)  # consumer group session timeout
     # How long a fetch may wait at the broker for records (Kafka's fetch.max.wait.ms). A broker
-    # answers as soon as records arrive, so this bounds only idle polling; a broker that holds
-    # the fetch to the deadline regardless (the embedded tansu) adds it to every hop's latency.
-    fetchMaxWaitMs: int = Field(default=100, ge=1, le=60_000)
+    # answers as soon as records arrive, so this bounds only idle polling (100/s per broker at
+    # 10 ms); a broker that holds the fetch to the deadline regardless (the embedded tansu)
+    # adds it to every hop's latency, and an alert must reach ilert in milliseconds.
+    fetchMaxWaitMs: int = Field(default=10, ge=1, le=60_000)
     # How long the producer waits to fill a batch (Kafka's linger.ms; 5 ms is Kafka 4's
     # default). Each delivery writes several records; batching them saves a request each.
     producerLingerMs: float = Field(default=5.0, ge=0, le=10_000)

@@ -22,6 +22,7 @@ from streams.config.models import HeraldConfig, Target
 from streams.deadletter import DeadLetter, envelope_of, for_envelope
 from streams.errors import DeliveryError
 from streams.handlers import compile_all
+from streams.http1 import Http1Client
 from streams.message import Envelope
 from streams.routing import route
 
@@ -119,8 +120,10 @@ def deliver(
     target = by_name.get(request.target) if request.target else None
 
     async def go() -> tuple[Any, DeliveryContext]:
-        async with aiohttp.ClientSession() as session:
-            ctx = DeliveryContext(http=session, targets=by_name, publish=publish or Published())
+        async with aiohttp.ClientSession() as session, Http1Client() as http:
+            ctx = DeliveryContext(
+                http=http, session=session, targets=by_name, publish=publish or Published()
+            )
             return await ACTIONS[request.action].deliver(request, ctx, target), ctx
 
     return asyncio.run(go())

@@ -19,6 +19,7 @@ from streams.conductor_auth import api_base, jwt_expiry, token_cache
 from streams.config.models import HeraldConfig, Target
 from streams.errors import ConfigError, DeliveryError
 from streams.handlers import compile_all
+from streams.http1 import Http1Client
 from streams.message import Envelope
 from streams.routing import route
 from tests.support.conductor_server import ConductorServer
@@ -87,8 +88,8 @@ def deliver_all(config: HeraldConfig, *requests: ActionRequest) -> list[Any]:
 
     async def go() -> list[Any]:
         results: list[Any] = []
-        async with aiohttp.ClientSession() as session:
-            ctx = DeliveryContext(http=session, targets=by_name, publish=_no_publish)
+        async with aiohttp.ClientSession() as session, Http1Client() as http:
+            ctx = DeliveryContext(http=http, session=session, targets=by_name, publish=_no_publish)
             for request in requests:
                 action = ACTIONS[request.action]
                 try:
@@ -423,8 +424,8 @@ def test_expired_token_is_renewed_once_and_the_call_retried(conductor: Conductor
 
     async def go() -> list[Any]:
         by_name = {t.name: t for t in config.targets}
-        async with aiohttp.ClientSession() as session:
-            ctx = DeliveryContext(http=session, targets=by_name, publish=_no_publish)
+        async with aiohttp.ClientSession() as session, Http1Client() as http:
+            ctx = DeliveryContext(http=http, session=session, targets=by_name, publish=_no_publish)
             first = await ACTIONS["start_workflow"].deliver(request, ctx, by_name["conductor"])
             conductor.expire_tokens()  # the server says the cached token expired
             second = await ACTIONS["start_workflow"].deliver(other, ctx, by_name["conductor"])
@@ -574,8 +575,10 @@ def test_a_server_that_turns_authentication_on_gets_a_token() -> None:
         by_name = {t.name: t for t in config.targets}
 
         async def go() -> list[Any]:
-            async with aiohttp.ClientSession() as session:
-                ctx = DeliveryContext(http=session, targets=by_name, publish=_no_publish)
+            async with aiohttp.ClientSession() as session, Http1Client() as http:
+                ctx = DeliveryContext(
+                    http=http, session=session, targets=by_name, publish=_no_publish
+                )
                 first = await ACTIONS["start_workflow"].deliver(request, ctx, by_name["conductor"])
                 server.auth = True  # the remembered "no authentication" is now wrong
                 second = await ACTIONS["start_workflow"].deliver(later, ctx, by_name["conductor"])

@@ -10,7 +10,6 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 
 from agents.embedded.receiver import Hang, Receiver, Reply
@@ -25,6 +24,7 @@ from streams.delivery import (
     run_with_retry,
 )
 from streams.errors import DeliveryError
+from streams.http1 import Http1Client
 
 # --------------------------------------------------------------------------- backoff
 
@@ -302,8 +302,8 @@ def test_permanent_failure_returns_at_once() -> None:
 
 def call(url: str, *, timeout: float = 5.0, **kw: Any) -> tuple[int, str]:
     async def go() -> tuple[int, str]:
-        async with aiohttp.ClientSession() as session:
-            return await http_request(session, "POST", url, timeout=timeout, **kw)
+        async with Http1Client() as client:
+            return await http_request(client, "POST", url, timeout=timeout, **kw)
 
     return asyncio.run(go())
 
@@ -338,9 +338,9 @@ def test_http_503_then_202_with_retry(receiver: Receiver) -> None:
     policy = RetryPolicy(maxAttempts=3, initialBackoffMs=100, jitter=0.0)
 
     async def go() -> Outcome:
-        async with aiohttp.ClientSession() as session:
+        async with Http1Client() as client:
             return await run_with_retry(
-                lambda: http_request(session, "POST", receiver.url + "/api/events", timeout=5),
+                lambda: http_request(client, "POST", receiver.url + "/api/events", timeout=5),
                 policy,
                 sleep=fake.sleep,
                 clock=fake.clock,
@@ -390,7 +390,7 @@ def test_http_connection_refused_is_retryable() -> None:
     error = failure(f"http://127.0.0.1:{port}/api/events")
 
     assert (error.retryable, error.status) == (True, None)
-    assert str(error).startswith("connection failed: ClientConnectorError")
+    assert str(error).startswith("connection failed: ConnectionRefusedError")
 
 
 def test_http_invalid_url_is_permanent() -> None:

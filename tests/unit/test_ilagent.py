@@ -37,6 +37,7 @@ from streams.actions.registry import ACTIONS
 from streams.config.loader import load_config
 from streams.config.models import HeraldConfig
 from streams.handlers import Evaluation, compile_all
+from streams.http1 import Http1Client
 from streams.message import Envelope
 from streams.routing import route
 
@@ -82,8 +83,8 @@ def sent(
     targets = {t.name: t for t in config.targets}
 
     async def go() -> None:
-        async with aiohttp.ClientSession() as session:
-            ctx = DeliveryContext(http=session, targets=targets, publish=_no_publish)
+        async with aiohttp.ClientSession() as session, Http1Client() as http:
+            ctx = DeliveryContext(http=http, session=session, targets=targets, publish=_no_publish)
             for request in evaluation.requests:
                 target = targets.get(request.target) if request.target else None
                 await ACTIONS[request.action].deliver(request, ctx, target)
