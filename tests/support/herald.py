@@ -22,6 +22,7 @@ from agents.embedded.worker import WorkerProcess
 FAST_SETTINGS: dict[str, Any] = {
     # tansu completes a group's first join after half the session timeout: keep it short.
     "sessionTimeoutSeconds": 3.0,
+    "fetchMaxWaitMs": 10,  # tansu holds every fetch to its deadline
     "commitIntervalSeconds": 0.5,
     "actionPartitions": 4,
     "maxInFlight": 16,
