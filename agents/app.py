@@ -17,6 +17,7 @@ import faust
 from agents.batches import BatchChannel
 from agents.connectivity import broker_credentials
 from agents.heartbeats import register_heartbeats
+from agents.monitor import HeraldMonitor
 from agents.rules import RuleSet
 from agents.runtime import Runtime
 from agents.sinks import SinkRunner
@@ -69,6 +70,7 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
         topic_partitions=settings.actionPartitions,
         topic_replication_factor=settings.replicationFactor,
         Table=DurableTable,
+        Monitor=HeraldMonitor,
         GlobalTable=RulesTable,
         stream_wait_empty=False,
         producer_acks=-1,

@@ -1,7 +1,9 @@
 """The floor: a bare Faust app whose one agent only iterates a topic.
 
 Run as a real worker (``python -m faust -A bench.floor_app worker``) with ``BENCH_BOOTSTRAP``,
-``BENCH_TOPIC``, ``BENCH_GROUP`` and ``BENCH_SESSION_TIMEOUT`` in the environment. The topic is
+``BENCH_TOPIC`` (one topic, or several separated by commas: the benchmark drains the loaded
+topic, then feeds a second one at a steady rate for latency), ``BENCH_GROUP`` and
+``BENCH_SESSION_TIMEOUT`` in the environment. The topic is
 read as raw bytes (as Herald reads its sources) and with the consumer settings Herald uses
 (earliest offset, 1 s commit interval, ``stream_wait_empty=False``), so the gap between this
 and Herald is Herald's own work. ``GET /bench/stats`` answers
@@ -34,7 +36,7 @@ app = faust.App(
     autodiscover=False,
 )
 topic = app.topic(
-    os.environ["BENCH_TOPIC"],
+    *os.environ["BENCH_TOPIC"].split(","),
     key_type=bytes,
     value_type=bytes,
     key_serializer="raw",

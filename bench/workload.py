@@ -2,17 +2,22 @@
 
 Every event is about 200 bytes of JSON keyed by its ``mCode``::
 
-    {"type":"TELEMETRY","state":"SET","mCode":"M-123","comment":"...","severity":3,
+    {"type":"TELEMETRY","state":"SET","mCode":"M-1234","comment":"...","severity":3,
      "site":"plant-2","ts":1712345678901.123,"value":12.5,"seq":4711}
 
 ``ts`` is the producer's wall clock in epoch milliseconds, taken when the record is handed to
 the producer; ``seq`` numbers the events of one topic from 0. One event in ``alarm_every`` has
-``"type":"ALARM"`` (``seq % alarm_every == 0``), the others ``TELEMETRY``.
+``"type":"ALARM"`` (``seq % alarm_every == 0``), the others ``TELEMETRY``. ``mCode`` (the
+record key, and the ilert ``alertKey`` of the bench's handler) takes ``KEYS`` (10,000)
+distinct values, ``M-0`` to ``M-9999``.
+
+``preload_changelog`` fills a Faust table's changelog directly, for the memory case.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 from typing import Any
@@ -20,6 +25,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
 
 COMMENTS = (
     "Pump 3 discharge pressure reading within configured band",
@@ -28,14 +34,14 @@ COMMENTS = (
     "Compressor vibration RMS from condition monitoring unit",
     "Tank level transmitter reading after filling sequence end",
 )
-CODES = 500
+KEYS = 10_000  # distinct mCode values: record keys, alert keys, Herald's ordering keys
 _SEQ = re.compile(rb'"seq":\s*(\d+)')
 SITES = 7
 
 
 def event(seq: int, alarm_every: int, ts_ms: float | None = None) -> tuple[bytes, bytes]:
     """The key and JSON value of event ``seq``."""
-    code = f"M-{seq % CODES}"
+    code = f"M-{seq % KEYS}"
     body: dict[str, Any] = {
         "type": "ALARM" if seq % alarm_every == 0 else "TELEMETRY",
         "state": "SET",
@@ -171,3 +177,49 @@ async def record_timestamps(bootstrap: str, topic: str, since_ms: float) -> dict
                         found.setdefault(int(match.group(1)), float(record.timestamp))
     finally:
         await consumer.stop()
+
+
+def delivery_key(index: int) -> bytes:
+    """A key shaped like Herald's delivery ids (32 hex digits), distinct for every index."""
+    return hashlib.sha256(f"bench-delivery|{index}".encode()).hexdigest()[:32].encode()
+
+
+async def preload_changelog(bootstrap: str, topic: str, count: int, partitions: int) -> float:
+    """Write ``count`` dedupe entries (delivery id -> delivered-at ms) to a table's changelog.
+
+    The records are what Herald's sink writes to ``<groupId>-dedupe-changelog``: raw bytes,
+    the key a delivery id and the value ``str(epoch ms).encode()``. Each goes to the partition
+    of murmur2 of its key (aiokafka's and Kafka's Java client's default partitioner); Faust
+    recovers every partition of the changelog into the store of that partition.
+
+    tansu 0.6 reports a partition's high watermark as the base offset of its last batch + 1,
+    and Faust's recovery reads only up to the high watermark, so the rest of a big last batch
+    would not be recovered. The last record of each partition is therefore sent alone, after
+    the others are acknowledged. Returns the seconds it took.
+    """
+    partitioner = DefaultPartitioner()
+    every = list(range(partitions))
+    producer = _producer(bootstrap, linger_ms=20)
+    await producer.start()
+    started = time.monotonic()
+    value = str(int(time.time() * 1000)).encode()
+    last: dict[int, bytes] = {}
+    try:
+        pending: list[asyncio.Future[Any]] = []
+        for index in range(count):
+            key = delivery_key(index)
+            partition = partitioner(key, every, every)
+            held = last.get(partition)
+            last[partition] = key
+            if held is None:
+                continue
+            pending.append(await producer.send(topic, value, key=held, partition=partition))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        for partition, key in last.items():
+            await producer.send_and_wait(topic, value, key=key, partition=partition)
+    finally:
+        await producer.stop()
+    return time.monotonic() - started

@@ -1,0 +1,141 @@
+"""L (latency): a steady rate through workload A's path, produce to receiver.
+
+A fresh Herald worker (A's configuration, receiver answering at once) is started on an empty
+topic and warmed up with a few events; then events are produced at ``--steady-rate`` for
+``--steady-seconds``, each stamped (``ts``) with the producer's clock when it is handed to
+the producer. Latency is the receiver's arrival time minus ``ts``: the whole path (source hop,
+condition, action record, sink hop, HTTP), on one clock since everything runs on this machine.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from agents.embedded.broker import create_topics, run_sync
+from agents.embedded.worker import WorkerError
+from bench import herald, workload
+from bench.cases import PARTITIONS, Context
+from bench.harness import Measurement, Receiver, cpu_seconds, percentile, wait_for
+
+WARMUP = 200  # events delivered before the measured phase (connections, caches, fetch loop)
+SLOW_MS = 1000.0
+
+
+def run(ctx: Context) -> None:
+    rate, seconds = ctx.args.steady_rate, ctx.args.steady_seconds
+    m = Measurement(
+        "L",
+        f"Herald, every message -> ilert event, steady {rate:g} msg/s for {seconds:g}s",
+        unit="ms",
+        how=(
+            "latency = receiver arrival - the event's ts (producer clock when handed to the "
+            "producer), over every event of the phase; p50/p99 by nearest rank"
+        ),
+    )
+    topic = ctx.name("L")
+    create_topics(ctx.bootstrap, {topic: PARTITIONS})
+    here = ctx.here("L")
+    receiver = Receiver(here / "receiver.log")
+    content = herald.config(
+        name=topic,
+        bootstrap=ctx.bootstrap,
+        topic=topic,
+        receiver_url=receiver.url,
+        partitions=PARTITIONS,
+        max_in_flight=ctx.args.max_in_flight,
+    )
+    # tansu answers a waiting fetch late (a bare aiokafka hop: p50 2.5 ms at a 10 ms wait,
+    # 21 ms at 100 ms, 118 ms at 500 ms), so on it the fetch wait is latency. Real Kafka
+    # answers as soon as records arrive; there Herald's default (100 ms) gives the same.
+    content["herald"]["fetchMaxWaitMs"] = 10
+    worker = herald.worker(herald.write_config(here / "herald.yaml", content), here / "worker")
+    worker.start()
+    try:
+        worker.wait_http_ready(timeout=180)
+        _warm_up(ctx, topic, receiver)
+        cpu_before = cpu_seconds(worker.pid)
+        since_ms = time.time() * 1000
+        sent, elapsed = run_sync(
+            lambda: workload.steady(ctx.bootstrap, topic, rate, seconds, 1, WARMUP)
+        )
+        produced_end = time.time()
+        done = wait_for(lambda: receiver.unique() >= WARMUP + sent, timeout=max(120, sent / 100))
+        cpu_after = cpu_seconds(worker.pid)
+        samples = [s for s in receiver.samples() if s[0] is not None and s[0] >= WARMUP]
+        _figures(m, samples, sent)
+        m.details.update(
+            offered_rate=rate,
+            produce_seconds=round(elapsed, 2),
+            sent=sent,
+            all_delivered_after_last_send_s=round(done - produced_end, 3) if done else None,
+            **_hops(ctx, content, samples, since_ms),
+        )
+        if cpu_before is not None and cpu_after is not None and sent:
+            m.details["worker_cpu_us_per_message"] = round((cpu_after - cpu_before) / sent * 1e6)
+        _capacity_note(ctx, m, rate)
+        if done is None:
+            m.error = f"only {m.details['delivered']}/{sent} delivered in time"
+    except (WorkerError, TimeoutError, RuntimeError, OSError) as exc:
+        m.fail(exc)
+    finally:
+        m.details["worker_stats"] = herald.stats(worker)
+        worker.stop()
+        receiver.stop()
+    ctx.record(m)
+
+
+def _warm_up(ctx: Context, topic: str, receiver: Receiver) -> None:
+    """Deliver ``WARMUP`` events first, so the phase does not time the first fetch and connect."""
+    run_sync(lambda: workload.preload(ctx.bootstrap, topic, WARMUP, alarm_every=1))
+    if wait_for(lambda: receiver.unique() >= WARMUP, timeout=120) is None:
+        raise RuntimeError(f"warm-up: {receiver.unique()}/{WARMUP} delivered within 120s")
+
+
+def _figures(m: Measurement, samples: list[list[Any]], sent: int) -> None:
+    """Latency of each event's first delivery: p50/p90/p99/max and how many took over 1 s."""
+    first_arrival: dict[int, tuple[float, float]] = {}
+    for seq, ts_ms, _kafka_ts, arrival in samples:
+        if ts_ms is not None and seq not in first_arrival:
+            first_arrival[seq] = (ts_ms, arrival)
+    latencies = [arrival * 1000 - ts for ts, arrival in first_arrival.values()]
+    m.value = percentile(latencies, 99)
+    m.details.update(
+        delivered=len(first_arrival),
+        missing=sent - len(first_arrival),
+        p50_ms=percentile(latencies, 50),
+        p90_ms=percentile(latencies, 90),
+        p99_ms=m.value,
+        max_ms=max(latencies) if latencies else None,
+        over_1s=sum(1 for v in latencies if v > SLOW_MS),
+    )
+
+
+def _hops(
+    ctx: Context, content: dict[str, Any], samples: list[list[Any]], since_ms: float
+) -> dict[str, Any]:
+    """Split each delivery at its action record's Kafka timestamp (written by the source agent):
+    source hop = action record - ts; sink hop + HTTP = arrival - action record."""
+    actions = f"{content['herald']['topicPrefix']}-actions"
+    try:
+        produced = run_sync(lambda: workload.record_timestamps(ctx.bootstrap, actions, since_ms))
+    except (TimeoutError, OSError) as exc:
+        return {"hops_error": f"could not read {actions}: {exc}"}
+    source = [produced[s[0]] - s[1] for s in samples if s[0] in produced and s[1] is not None]
+    sink = [s[3] * 1000 - produced[s[0]] for s in samples if s[0] in produced]
+    return {
+        "source_hop_p50_ms": percentile(source, 50),
+        "source_hop_p99_ms": percentile(source, 99),
+        "sink_hop_p50_ms": percentile(sink, 50),
+        "sink_hop_p99_ms": percentile(sink, 99),
+    }
+
+
+def _capacity_note(ctx: Context, m: Measurement, rate: float) -> None:
+    """Say so when the offered rate is above what A0 measured: then queues grow all phase."""
+    a0 = ctx.results.get("A0")
+    if a0 is not None and a0.value is not None and rate > a0.value:
+        m.details["note"] = (
+            f"offered {rate:g}/s is above A0's {a0.value:,.0f} deliveries/s: latency grows "
+            "for as long as the phase lasts"
+        )

@@ -1,0 +1,336 @@
+"""The printed result: one table row per workload (Herald, baseline, ratio, goal, met), notes.
+
+The goals are the performance issue's; a row whose Herald case did not run is left out, a
+baseline that did not run shows ``-`` (and a goal that needs it is not judged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.harness import Measurement, loadavg
+
+F_GOAL_X = 2.0  # Herald / bare Faust
+A0_GOAL = 5000.0  # deliveries/s
+A20_GOAL_X = 20.0  # Herald / sequential sender
+L_GOAL_P99_MS = 50.0
+L_GOAL_OVER_1S = 0
+S_GOAL_X = 1.8  # 2 workers / 1 worker
+M_GOAL_RSS_MB = 300.0
+M_GOAL_RESTART_S = 10.0
+
+Results = dict[str, Measurement]
+
+
+@dataclass
+class Row:
+    workload: str
+    herald: str
+    baseline: str
+    ratio: str
+    goal: str
+    met: str  # yes / no / - (not judged)
+    ratio_value: float | None = None
+
+    def cells(self) -> tuple[str, ...]:
+        return (self.workload, self.herald, self.baseline, self.ratio, self.goal, self.met)
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def _num(value: float | None, unit: str = "", spec: str = ",.0f") -> str:
+    if value is None:
+        return "-"
+    return f"{format(value, spec)}{' ' + unit if unit else ''}"
+
+
+def _ratio(a: Measurement | None, b: Measurement | None) -> float | None:
+    if a is None or b is None or a.value is None or not b.value:
+        return None
+    return a.value / b.value
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _met(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "no")
+
+
+def _figure(m: Measurement | None, text: Callable[[Measurement], str], label: str = "") -> str:
+    """A cell: '-' when not run, 'ERROR' when it failed, else ``text(m)``."""
+    if m is None:
+        return "-"
+    if m.error is not None and m.value is None:
+        return f"{label}ERROR"
+    return f"{label}{text(m)}"
+
+
+def _rate(m: Measurement) -> str:
+    return _num(m.value, m.unit)
+
+
+# ---------------------------------------------------------------------------- rows
+
+
+def _row_f(r: Results) -> Row:
+    f, floor = r["F"], r.get("floor")
+    x = _ratio(f, floor)
+    return Row(
+        "F",
+        _figure(f, _rate),
+        _figure(floor, _rate, "bare Faust "),
+        _x(x),
+        f">= {F_GOAL_X:g}x",
+        _met(None if x is None or f.error else x >= F_GOAL_X),
+        x,
+    )
+
+
+def _row_f_confluent(r: Results) -> Row:
+    f, loop = r["F"], r.get("F-confluent")
+    x = _ratio(f, loop)
+    return Row(
+        "F'",
+        _figure(f, _rate),
+        _figure(loop, _rate, "confluent loop "),
+        _x(x),
+        "report",
+        "-",
+        x,
+    )
+
+
+def _row_a(r: Results, case: str) -> Row:
+    a, seq = r[case], r.get(f"{case}-sequential")
+    x = _ratio(a, seq)
+    if case == "A0":
+        goal, ok = f">= {A0_GOAL:,.0f}/s", None if a.value is None else a.value >= A0_GOAL
+    else:
+        goal, ok = f">= {A20_GOAL_X:g}x", None if x is None else x >= A20_GOAL_X
+    delay = a.details.get("receiver_delay_ms", 0)
+    return Row(
+        case,
+        _figure(a, _rate),
+        _figure(seq, lambda m: f"{_num(m.value)}/s", f"sequential ({delay:g} ms) "),
+        _x(x),
+        goal,
+        _met(False if a.error else ok),
+        x,
+    )
+
+
+def _latency_text(m: Measurement) -> str:
+    d = m.details
+    return (
+        f"p99 {_num(m.value, 'ms')} (max {_num(d.get('max_ms'))}, {_num(d.get('over_1s'))} > 1 s)"
+    )
+
+
+def _row_l(r: Results) -> Row:
+    lat, floor = r["L"], r.get("floor-latency")
+    d = lat.details
+    ok = None
+    if lat.value is not None:
+        ok = lat.value <= L_GOAL_P99_MS and d.get("over_1s") == L_GOAL_OVER_1S
+        ok = ok and not d.get("missing")
+    return Row(
+        "L",
+        _figure(lat, _latency_text),
+        _figure(floor, lambda m: f"p99 {_num(m.value, 'ms')}", "bare Faust hop "),
+        "-",
+        f"p99 <= {L_GOAL_P99_MS:g} ms, 0 > 1 s",
+        _met(False if lat.error else ok),
+    )
+
+
+def _row_s(r: Results) -> Row:
+    two = r["S-2"]
+    one = r.get(two.details.get("one_worker_case", "F"))
+    x = _ratio(two, one)
+    return Row(
+        "S",
+        _figure(two, _rate, "2 workers "),
+        _figure(one, _rate, "1 worker "),
+        _x(x),
+        f">= {S_GOAL_X:g}x",
+        _met(None if x is None or two.error else x >= S_GOAL_X),
+        x,
+    )
+
+
+def _memory_text(m: Measurement) -> str:
+    first = (m.details.get("first_start") or {}).get("rss_mb")
+    again = (m.details.get("restart") or {}).get("rss_mb")
+    restart_s = m.details.get("restart_ready_s")
+    return f"RSS {_num(first)}/{_num(again)} MB, restart {_num(restart_s, 's', '.1f')}"
+
+
+def _row_m(r: Results) -> Row:
+    mem = r["M"]
+    empty = mem.details.get("empty_table") or {}
+    restart = mem.details.get("restart_ready_s")
+    ok = None
+    if mem.value is not None and restart is not None:
+        ok = mem.value < M_GOAL_RSS_MB and restart < M_GOAL_RESTART_S
+    return Row(
+        "M",
+        _figure(mem, _memory_text),
+        f"empty table {_num(empty.get('rss_mb'), 'MB')}" if empty else "-",
+        "-",
+        f"< {M_GOAL_RSS_MB:g} MB, < {M_GOAL_RESTART_S:g} s",
+        _met(False if mem.error else ok),
+    )
+
+
+def rows(results: Results) -> list[Row]:
+    """The table rows of the workloads whose Herald case ran, in the issue's order."""
+    out: list[Row] = []
+    if "F" in results:
+        out.append(_row_f(results))
+        if "F-confluent" in results:
+            out.append(_row_f_confluent(results))
+    for case in ("A0", "A20"):
+        if case in results:
+            out.append(_row_a(results, case))
+    if "L" in results:
+        out.append(_row_l(results))
+    if "S-2" in results:
+        out.append(_row_s(results))
+    if "M" in results:
+        out.append(_row_m(results))
+    return out
+
+
+def table(table_rows: list[Row]) -> str:
+    header = ("workload", "Herald", "baseline", "ratio", "goal", "met")
+    cells = [r.cells() for r in table_rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+
+    def join(line: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+
+    return "\n".join([join(header), join(tuple("-" * w for w in widths)), *map(join, cells)])
+
+
+# ---------------------------------------------------------------------------- notes
+
+
+def _cpu_note(m: Measurement) -> str | None:
+    d = m.details
+    if d.get("worker_cpu_us_per_message") is None:
+        return None
+    cores = d.get("worker_cpu_cores")
+    per = "delivery" if m.unit == "deliveries/s" else "message"
+    text = f"{d['worker_cpu_us_per_message']:,.0f} us/{per}"
+    return text + (f" ({cores:.2f} cores)" if cores is not None else "")
+
+
+def _detail_lines(m: Measurement) -> list[str]:
+    """The facts worth reading under the table for one measurement."""
+    d = m.details
+    facts: list[str] = []
+    cpu = _cpu_note(m)
+    if cpu:
+        facts.append(f"CPU {cpu}")
+    if d.get("receiver_cpu_us_per_request") is not None:
+        facts.append(f"receiver {d['receiver_cpu_us_per_request']:.0f} us/request")
+    if d.get("in_process_rate") is not None:
+        facts.append(f"in-process first-to-last {d['in_process_rate']:,.0f}/s")
+    if d.get("seconds") is not None:
+        facts.append(f"window {d['seconds']:.1f}s")
+    if d.get("startup_to_first_consumption_s") is not None:
+        facts.append(f"startup excluded {d['startup_to_first_consumption_s']}s")
+    if d.get("deliveries_expected") is not None:
+        facts.append(f"delivered {d.get('deliveries_received')}/{d['deliveries_expected']}")
+    if d.get("all_committed_after_s") is not None:
+        facts.append(f"offsets committed at +{d['all_committed_after_s']}s")
+    if d.get("generations_joined") and len(d["generations_joined"]) > 1:
+        facts.append(f"group generations joined per worker {d['generations_joined']}")
+    if m.name in ("L", "floor-latency") and d.get("p50_ms") is not None:
+        facts.append(
+            f"p50/p90/p99/max {_num(d.get('p50_ms'), '', '.1f')}/{_num(d.get('p90_ms'), '', '.1f')}"
+            f"/{_num(d.get('p99_ms'), '', '.1f')}/{_num(d.get('max_ms'), '', '.1f')} ms"
+        )
+    if d.get("source_hop_p50_ms") is not None:
+        facts.append(
+            f"source hop p50/p99 {d['source_hop_p50_ms']:.0f}/{d['source_hop_p99_ms']:.0f} ms, "
+            f"sink hop + HTTP {d['sink_hop_p50_ms']:.0f}/{d['sink_hop_p99_ms']:.0f} ms"
+        )
+    if d.get("all_delivered_after_last_send_s") is not None:
+        facts.append(f"all delivered {d['all_delivered_after_last_send_s']}s after the last send")
+    if m.name == "M":
+        facts += _memory_lines(d)
+    if d.get("note"):
+        facts.append(str(d["note"]))
+    for key in ("warning", "rebalance"):
+        if d.get(key):
+            facts.append(f"WARNING: {d[key]}")
+    return facts
+
+
+def _memory_lines(d: dict[str, Any]) -> list[str]:
+    out = []
+    for label, key in (
+        ("empty table", "empty_table"),
+        ("first start", "first_start"),
+        ("restart", "restart"),
+    ):
+        s = d.get(key)
+        if s:
+            out.append(
+                f"{label}: ready {s['ready_s']}s, RSS {s['rss_mb']} MB (peak {s['peak_rss_mb']})"
+            )
+    if d.get("keys_stored") is not None:
+        out.append(f"{d['keys_stored']:,} of {d.get('keys_loaded', 0):,} keys in RocksDB")
+    return out
+
+
+def render(results: Results, machine: dict[str, Any], settings: dict[str, Any]) -> str:
+    """The whole printed report: header, table, notes, and how each figure was measured."""
+    herald = settings.get("herald", {})
+    lines = [
+        "Herald benchmark",
+        "",
+        table(rows(results)),
+        "",
+        "notes:",
+        f"  machine: {machine['cpu']}, {machine['nproc']} cores; Python {machine['python']}; "
+        f"faust-streaming {machine['faust-streaming']}; aiokafka {machine['aiokafka']}; "
+        f"confluent-kafka {machine['confluent-kafka']}",
+        f"  broker:  {machine['broker']}; topics of {settings['partitions']} partitions; "
+        "events ~200 B JSON, 10,000 distinct keys",
+        f"  herald:  commit {machine['herald_commit']}"
+        + (
+            " + uncommitted changes in agents/ or streams/"
+            if machine["herald_worktree_modified"]
+            else ""
+        )
+        + f"; maxInFlight {herald.get('maxInFlight')}, actionPartitions "
+        f"{herald.get('actionPartitions')}, commitIntervalSeconds "
+        f"{herald.get('commitIntervalSeconds')}",
+        f"  load:    {machine['loadavg_at_start']} (1/5/15 min) at start, {loadavg()} at the end; "
+        "anything else running on the machine lowers the figures",
+        "",
+        "how each figure is measured:",
+    ]
+    for m in results.values():
+        lines.append(f"  {m.name}: {m.description}")
+        if m.how:
+            lines.append(f"      {m.how}")
+        facts = _detail_lines(m)
+        if facts:
+            lines.append("      " + "; ".join(facts))
+        if m.error:
+            lines.append(f"      ERROR: {m.error}")
+    lines += [
+        "",
+        "Throughput figures drain a topic loaded before the workers started (startup not "
+        "counted). Latency on tansu is mostly broker wait: it answers a fetch late, and Faust "
+        "fixes fetch_max_wait_ms at 1500; the bare Faust 1-hop figure shows that floor.",
+    ]
+    return "\n".join(lines)
