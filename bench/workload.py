@@ -36,6 +36,7 @@ COMMENTS = (
 )
 KEYS = 10_000  # distinct mCode values: record keys, alert keys, Herald's ordering keys
 _SEQ = re.compile(rb'"seq":\s*(\d+)')
+_TS = re.compile(rb'"ts":\s*([0-9.eE+-]+)')
 SITES = 7
 
 
@@ -114,6 +115,53 @@ async def steady(
     finally:
         await producer.stop()
     return sent, elapsed
+
+
+async def steady_with_hop(
+    bootstrap: str,
+    topic: str,
+    rate: float,
+    seconds: float,
+    first_seq: int,
+    fetch_max_wait_ms: int,
+) -> tuple[int, float, list[float]]:
+    """`steady`, with a bare aiokafka consumer reading the same topic meanwhile: the broker's
+    own one-hop latency (receipt - ``ts``, ms) for the same events at the same time, so
+    Herald's figure can be read against what the broker alone gives."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+    )
+    await consumer.start()
+    await consumer.seek_to_end()
+    latencies: list[float] = []
+    expected = int(rate * seconds)
+
+    async def read() -> None:
+        while len(latencies) < expected:
+            batches = await consumer.getmany(timeout_ms=1000)
+            now = time.time() * 1000
+            for records in batches.values():
+                for record in records:
+                    seq = _SEQ.search(record.value)
+                    ts = _TS.search(record.value)
+                    if seq and ts and int(seq.group(1)) >= first_seq:
+                        latencies.append(now - float(ts.group(1)))
+
+    reader = asyncio.ensure_future(read())
+    try:
+        sent, elapsed = await steady(bootstrap, topic, rate, seconds, 1, first_seq)
+        try:
+            await asyncio.wait_for(asyncio.shield(reader), timeout=30)
+        except TimeoutError:
+            pass
+    finally:
+        reader.cancel()
+        await consumer.stop()
+    return sent, elapsed, latencies
 
 
 async def committed_lag(bootstrap: str, group: str, topic: str) -> int | None:

@@ -18,6 +18,10 @@ from bench import herald, workload
 from bench.cases import PARTITIONS, Context
 from bench.harness import Measurement, Receiver, cpu_seconds, percentile, wait_for
 
+# tansu answers a waiting fetch late (a bare aiokafka hop: p50 2.5 ms at a 10 ms wait, 21 ms
+# at 100 ms, 118 ms at 500 ms), so on it the fetch wait is latency. Real Kafka answers as soon
+# as records arrive; there Herald's default (100 ms) gives the same.
+FETCH_MAX_WAIT_MS = 10
 WARMUP = 200  # events delivered before the measured phase (connections, caches, fetch loop)
 SLOW_MS = 1000.0
 
@@ -45,10 +49,7 @@ def run(ctx: Context) -> None:
         partitions=PARTITIONS,
         max_in_flight=ctx.args.max_in_flight,
     )
-    # tansu answers a waiting fetch late (a bare aiokafka hop: p50 2.5 ms at a 10 ms wait,
-    # 21 ms at 100 ms, 118 ms at 500 ms), so on it the fetch wait is latency. Real Kafka
-    # answers as soon as records arrive; there Herald's default (100 ms) gives the same.
-    content["herald"]["fetchMaxWaitMs"] = 10
+    content["herald"]["fetchMaxWaitMs"] = FETCH_MAX_WAIT_MS
     worker = herald.worker(herald.write_config(here / "herald.yaml", content), here / "worker")
     worker.start()
     try:
@@ -56,8 +57,10 @@ def run(ctx: Context) -> None:
         _warm_up(ctx, topic, receiver)
         cpu_before = cpu_seconds(worker.pid)
         since_ms = time.time() * 1000
-        sent, elapsed = run_sync(
-            lambda: workload.steady(ctx.bootstrap, topic, rate, seconds, 1, WARMUP)
+        sent, elapsed, broker_hop = run_sync(
+            lambda: workload.steady_with_hop(
+                ctx.bootstrap, topic, rate, seconds, WARMUP, FETCH_MAX_WAIT_MS
+            )
         )
         produced_end = time.time()
         done = wait_for(lambda: receiver.unique() >= WARMUP + sent, timeout=max(120, sent / 100))
@@ -71,6 +74,25 @@ def run(ctx: Context) -> None:
             all_delivered_after_last_send_s=round(done - produced_end, 3) if done else None,
             **_hops(ctx, content, samples, since_ms),
         )
+        # the same events read by a bare aiokafka consumer at the same time: the broker alone
+        hop = Measurement(
+            "L-broker-hop",
+            "bare aiokafka consumer on the same topic during the phase (same fetch wait)",
+            unit="ms",
+            how="receipt - the event's ts: one Kafka hop, no Herald, no HTTP",
+        )
+        hop.value = percentile(broker_hop, 99)
+        hop.details.update(
+            p50_ms=percentile(broker_hop, 50),
+            p90_ms=percentile(broker_hop, 90),
+            p99_ms=hop.value,
+            max_ms=max(broker_hop) if broker_hop else None,
+            over_1s=sum(1 for v in broker_hop if v > SLOW_MS),
+            read=len(broker_hop),
+            by_sixth=_by_sixth(broker_hop),
+        )
+        ctx.record(hop)
+        m.details["p50_by_sixth_ms"] = _by_sixth(_in_order(samples))
         if cpu_before is not None and cpu_after is not None and sent:
             m.details["worker_cpu_us_per_message"] = round((cpu_after - cpu_before) / sent * 1e6)
         _capacity_note(ctx, m, rate)
@@ -83,6 +105,21 @@ def run(ctx: Context) -> None:
         worker.stop()
         receiver.stop()
     ctx.record(m)
+
+
+def _by_sixth(latencies: list[float]) -> list[float | None]:
+    """p50 of each sixth of the phase, in order: shows a latency that grows with time."""
+    n = len(latencies)
+    return [percentile(latencies[i * n // 6 : (i + 1) * n // 6], 50) for i in range(6)]
+
+
+def _in_order(samples: list[list[Any]]) -> list[float]:
+    """Latency of each event's first delivery, in produce order."""
+    first: dict[int, float] = {}
+    for seq, ts_ms, _kafka_ts, arrival in sorted(samples, key=lambda s: s[0]):
+        if ts_ms is not None and seq not in first:
+            first[seq] = arrival * 1000 - ts_ms
+    return list(first.values())
 
 
 def _warm_up(ctx: Context, topic: str, receiver: Receiver) -> None:
