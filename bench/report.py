@@ -334,7 +334,9 @@ def render(results: Results, machine: dict[str, Any], settings: dict[str, Any]) 
     lines += [
         "",
         "Throughput figures drain a topic loaded before the workers started (startup not "
-        "counted). Latency on tansu is mostly broker wait: it answers a fetch late, and Faust "
-        "fixes fetch_max_wait_ms at 1500; the bare Faust 1-hop figure shows that floor.",
+        "counted). Latency on tansu is mostly broker wait: it answers a waiting fetch late, and "
+        "its one-hop latency grows as records accumulate (see L-broker-hop's p50 by sixth); "
+        "Herald's path is two hops through the same broker. A bare Faust agent waits up to "
+        "1.5 s per fetch (faust-streaming fixes fetch_max_wait_ms at 1500).",
     ]
     return "\n".join(lines)
