@@ -101,6 +101,12 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
         return self._waiter
 
+    def expire(self) -> None:
+        """The request's deadline passed: fail it (the caller then drops the connection)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError("no complete response before the deadline"))
+
     def abort(self) -> None:
         self.closed = True
         self._waiter = None
@@ -235,13 +241,20 @@ class _Pool:
         self.open = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
 
+    def idle_connection(self) -> _Connection | None:
+        """A kept-alive connection ready for a request, without waiting (the common case)."""
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                return conn
+            self.open -= 1
+        return None
+
     async def acquire(self) -> _Connection:
         while True:
-            while self.idle:
-                conn = self.idle.pop()
-                if not conn.closed:
-                    return conn
-                self.open -= 1
+            conn = self.idle_connection()
+            if conn is not None:
+                return conn
             if self.open < self.limit:
                 break
             waiter = asyncio.get_running_loop().create_future()
@@ -326,16 +339,25 @@ class Http1Client:
         pool = self._pools.get(target.origin)
         if pool is None:
             pool = self._pools[target.origin] = _Pool(target.origin, self.limit, self._ssl)
-        async with asyncio.timeout(timeout):
-            conn = await pool.acquire()
-            try:
-                response = await conn.send(data, head_only=method == "HEAD")
-            except BaseException:
-                conn.abort()  # a late answer must not reach the next request
-                pool.release(conn)
-                raise
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn = pool.idle_connection()
+        if conn is None:  # connecting, or waiting for one: rare, so asyncio's timeout is fine
+            async with asyncio.timeout_at(deadline):
+                conn = await pool.acquire()
+        # A timer on the loop rather than asyncio.timeout() around the wait: the latter cost
+        # ~10 µs a request in the deliver-everything profile.
+        timer = loop.call_at(deadline, conn.expire)
+        try:
+            response = await conn.send(data, head_only=method == "HEAD")
+        except BaseException:
+            conn.abort()  # a late answer must not reach the next request
             pool.release(conn)
-            return response
+            raise
+        finally:
+            timer.cancel()
+        pool.release(conn)
+        return response
 
     def _encode(
         self, method: str, target: _Target, body: bytes | None, headers: dict[str, str] | None
