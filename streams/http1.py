@@ -3,7 +3,8 @@
 Why not aiohttp here: at thousands of alerts per second on one core the client's own CPU per
 request decides the rate. Measured on the bench machine (keep-alive POST of ~300 bytes, 64 in
 flight, client CPU per request): aiohttp 3.14 as Herald used it ~90 µs (~60 µs on uvloop,
-tuned); httpx ~1.6 ms; aiosonic ~90 µs; curl-cffi ~160 µs; this client ~12-15 µs. aiohttp stays
+tuned); httpx ~1.6 ms; aiosonic ~90 µs; curl-cffi ~160 µs; this client ~12-15 µs
+(`python -m bench.http_client` repeats the aiohttp comparison). aiohttp stays
 for the rare calls (Conductor, schema registry) where its breadth matters more.
 
 What it does: one pool per origin (scheme, host, port) of kept-alive connections, at most
