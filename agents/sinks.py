@@ -69,6 +69,9 @@ class SinkRunner:
             state = _BatchState(batch)
             for record in batch.records:
                 await self.capacity.acquire()
+                if batch.ticket.stale:  # revoked while we waited: the new owner has it
+                    self.capacity.release()
+                    break
                 key = record.key or b""
                 lane = self.lanes.get(key)
                 if lane is None:
@@ -86,6 +89,12 @@ class SinkRunner:
         try:
             while lane:
                 record, state = lane[0]
+                if state.batch.ticket.stale:
+                    # Its partition moved to another worker, which delivers it from the
+                    # committed offset; delivering it here too could overtake that in order.
+                    lane.popleft()
+                    self.capacity.release()
+                    continue
                 durable = await self._process(record)
                 lane.popleft()
                 # The lane moves on to the key's next record at once; this record counts as
@@ -95,11 +104,18 @@ class SinkRunner:
                 else:
                     durable.add_done_callback(lambda fut, s=state: self._finish(s, fut))
         except asyncio.CancelledError:
-            for _ in lane:
+            # Cancelled by revoke(): drop the stale records (their new owner delivers them).
+            # Records of a new assignment may have joined the lane meanwhile: a fresh task
+            # delivers those.
+            kept = [item for item in lane if not item[1].batch.ticket.stale]
+            for _ in range(len(lane) - len(kept)):
                 self.capacity.release()
             lane.clear()
+            if kept:
+                lane.extend(kept)
+                self.tasks[key] = asyncio.ensure_future(self._drain(key, lane))
         finally:
-            if self.lanes.get(key) is lane:
+            if self.lanes.get(key) is lane and not lane:
                 del self.lanes[key]
                 del self.tasks[key]
 

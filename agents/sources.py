@@ -85,6 +85,8 @@ class SourceRunner:
             await self.process(batch)
 
     async def process(self, batch: Batch) -> None:
+        if batch.ticket.stale:  # revoked before we got to it: its new owner reads it again
+            return
         runtime = self.runtime
         runtime.counters.consumed += len(batch.records)
         home = runtime.home

@@ -114,10 +114,13 @@ class HeraldConsumer(aiokafka_driver.Consumer):
                 yield tp
 
     def _forget(self, tps: set[TP]) -> None:
-        """Batches of these partitions still in flight no longer commit anything: after a
-        rebalance Faust seeks to the committed offset and they are read again."""
+        """Batches of these partitions still in flight no longer commit anything and are
+        marked stale (the agents drop what they have not started): after a rebalance Faust
+        seeks to the committed offset and they are read again."""
         for tp in tps:
-            self._progress.pop(tp, None)
+            progress = self._progress.pop(tp, None)
+            if progress is not None:
+                progress.revoke()
         conductor = self.app.topics
         if isinstance(conductor, HeraldConductor):
             for channel in conductor.batch_channels:

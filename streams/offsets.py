@@ -28,6 +28,12 @@ class Ticket:
         self.end = end  # the offset after the batch's last record
         self.finished = False
 
+    @property
+    def stale(self) -> bool:
+        """The partition moved away (a rebalance): its new owner reads this batch again from
+        the committed offset, so working on it here would only repeat, or reorder, that."""
+        return self._progress.revoked
+
     def done(self) -> None:
         """The batch's work is durably done (produced, delivered or dead-lettered)."""
         if not self.finished:
@@ -38,11 +44,16 @@ class Ticket:
 class PartitionProgress:
     """Batches of one partition handed out in offset order; the committable offset."""
 
-    __slots__ = ("_open", "_committable")
+    __slots__ = ("_open", "_committable", "revoked")
 
     def __init__(self) -> None:
         self._open: deque[Ticket] = deque()
         self._committable: int | None = None
+        self.revoked = False
+
+    def revoke(self) -> None:
+        """The partition was revoked: every ticket handed out is stale."""
+        self.revoked = True
 
     def open(self, last_offset: int) -> Ticket:
         """A batch ending at `last_offset` is handed out (after every earlier one)."""

@@ -58,3 +58,11 @@ def test_batches_may_skip_offsets() -> None:
     progress.open(4).done()
     progress.open(30).done()  # records 17..30 (5..16 never existed)
     assert progress.committable == 31
+
+
+def test_revoking_makes_every_ticket_stale() -> None:
+    progress = PartitionProgress()
+    first = progress.open(4)
+    assert not first.stale
+    progress.revoke()
+    assert first.stale and progress.open(9).stale
