@@ -36,8 +36,10 @@ import sys
 import time
 from collections.abc import Callable
 
-_SEQ = re.compile(rb'"seq":\s*"?(\d+)')
-_TS = re.compile(rb'"ts":\s*"?([0-9.eE+-]+)')
+# `seq` and `ts` of an event, in an ilert body or in the event itself (bench.workload reads
+# the events with them too)
+SEQ = re.compile(rb'"seq":\s*"?(\d+)')
+TS = re.compile(rb'"ts":\s*"?([0-9.eE+-]+)')
 _KTS = re.compile(rb'"kafkaTs":\s*"?([0-9.eE+-]+)')
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:", re.IGNORECASE)
@@ -62,8 +64,8 @@ class Recorder:
         self.loop_name = loop_name
 
     def record(self, body: bytes, arrival: float) -> None:
-        seq = _number(_SEQ, body, int)
-        self.samples.append((seq, _number(_TS, body, float), _number(_KTS, body, float), arrival))
+        seq = _number(SEQ, body, int)
+        self.samples.append((seq, _number(TS, body, float), _number(_KTS, body, float), arrival))
         if seq is not None:
             self.seen.add(seq)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import time
 from typing import Any
 
@@ -26,6 +25,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
+
+from bench.receiver import SEQ, TS
 
 COMMENTS = (
     "Pump 3 discharge pressure reading within configured band",
@@ -35,8 +36,6 @@ COMMENTS = (
     "Tank level transmitter reading after filling sequence end",
 )
 KEYS = 10_000  # distinct mCode values: record keys, alert keys, Herald's ordering keys
-_SEQ = re.compile(rb'"seq":\s*(\d+)')
-_TS = re.compile(rb'"ts":\s*([0-9.eE+-]+)')
 SITES = 7
 
 
@@ -146,8 +145,8 @@ async def steady_with_hop(
             now = time.time() * 1000
             for records in batches.values():
                 for record in records:
-                    seq = _SEQ.search(record.value)
-                    ts = _TS.search(record.value)
+                    seq = SEQ.search(record.value)
+                    ts = TS.search(record.value)
                     if seq and ts and int(seq.group(1)) >= first_seq:
                         latencies.append(now - float(ts.group(1)))
 
@@ -220,7 +219,7 @@ async def record_timestamps(bootstrap: str, topic: str, since_ms: float) -> dict
                 for record in records:
                     if record.timestamp < since_ms or record.value is None:
                         continue
-                    match = _SEQ.search(record.value)
+                    match = SEQ.search(record.value)
                     if match is not None:
                         found.setdefault(int(match.group(1)), float(record.timestamp))
     finally:
