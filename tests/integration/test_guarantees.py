@@ -52,6 +52,20 @@ def per_key_order(requests: list) -> dict[str, list[int]]:
     return order
 
 
+def assert_each_key_in_order(delivered: list) -> None:
+    """Each key's deliveries ascend, apart from a repeat re-sent in place."""
+    for key, ns in per_key_order(delivered).items():
+        firsts = list(dict.fromkeys(ns))
+        assert firsts == sorted(firsts), key
+
+
+def tally(requests: list) -> tuple[list, collections.Counter[int], int]:
+    """The 202-answered requests, how often each `n` was delivered, and the repeats."""
+    delivered = [r for r in requests if r.status == 202]
+    counts = collections.Counter(r.json["n"] for r in delivered)
+    return delivered, counts, sum(c - 1 for c in counts.values())
+
+
 def test_sigkill_mid_stream_loses_nothing_and_repeats_only_in_flight(
     broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
 ) -> None:
@@ -76,9 +90,7 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_only_in_flight(
         requests = wait_all(receiver, set(range(total)), timeout=120)
         time.sleep(2.0)  # anything still to come would be a repeat: let it arrive
         requests = receiver.requests
-        delivered = [r for r in requests if r.status == 202]
-        counts = collections.Counter(r.json["n"] for r in delivered)
-        repeats = sum(c - 1 for c in counts.values())
+        delivered, counts, repeats = tally(requests)
         print(
             f"\nSIGKILL test: {total} messages, {at_kill} requests before the kill, "
             f"{len(delivered)} deliveries in all, {len(counts)} distinct, {repeats} repeated "
@@ -91,10 +103,7 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_only_in_flight(
         for request in delivered:
             ids[request.json["n"]].add(request.header("Idempotency-Key"))
         assert all(len(v) == 1 for v in ids.values())
-        # per-key order: each key's deliveries ascend, apart from a repeat re-sent in place
-        for key, ns in per_key_order(delivered).items():
-            firsts = list(dict.fromkeys(ns))
-            assert firsts == sorted(firsts), key
+        assert_each_key_in_order(delivered)
     finally:
         herald.stop()
 
@@ -169,8 +178,7 @@ def test_two_workers_in_one_group_share_the_partitions(
         produce(broker.bootstrap, topic, messages(total, keys=30))
         wait_all(receiver, set(range(total)), timeout=90)
         time.sleep(1.0)
-        delivered = [r for r in receiver.requests if r.status == 202]
-        counts = collections.Counter(r.json["n"] for r in delivered)
+        delivered, counts, _ = tally(receiver.requests)
         one, two = stats(first), stats(second)
         print(
             f"\ntwo workers: consumed {one['consumed']} + {two['consumed']}, "
@@ -211,9 +219,7 @@ def test_a_second_worker_joining_mid_stream_loses_nothing(
         at_join = len(receiver.requests)
         wait_all(receiver, set(range(total)), timeout=120)
         time.sleep(2.0)
-        delivered = [r for r in receiver.requests if r.status == 202]
-        counts = collections.Counter(r.json["n"] for r in delivered)
-        repeats = sum(c - 1 for c in counts.values())
+        delivered, counts, repeats = tally(receiver.requests)
         one, two = stats(first), stats(second)
         assert at_join < total  # the second joined while the first was still delivering
         print(
@@ -224,9 +230,7 @@ def test_a_second_worker_joining_mid_stream_loses_nothing(
         assert two["delivered"] > 0  # the second worker took partitions over
         # each worker may repeat what it had in flight when the partitions moved
         assert repeats <= 2 * MAX_IN_FLIGHT
-        for key, ns in per_key_order(delivered).items():
-            firsts = list(dict.fromkeys(ns))
-            assert firsts == sorted(firsts), key
+        assert_each_key_in_order(delivered)
     finally:
         herald.stop()
 
