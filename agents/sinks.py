@@ -151,7 +151,8 @@ class SinkRunner:
         runtime = self.runtime
         dedupe = runtime.tables.dedupe
         now_ms = int(time.time() * 1000)
-        if request.id.encode() in dedupe:  # `in`: no KeyError raised and caught per new id
+        mark = request.id.encode()  # the dedupe table's key for this delivery
+        if mark in dedupe:  # `in`: no KeyError raised and caught per new id
             runtime.counters.skipped_duplicates += 1
             await self._record(request, executions.SKIPPED, reason="already delivered")
             return None
@@ -159,7 +160,7 @@ class SinkRunner:
         if user_key is not None:
             expiry = dedupe[user_key] if user_key in dedupe else None
             if expiry is not None and int(expiry) > now_ms:
-                dedupe[request.id.encode()] = str(now_ms).encode()
+                dedupe[mark] = str(now_ms).encode()
                 durable = dedupe.last_changelog  # before any await: other lanes write too
                 await self._record(request, executions.SKIPPED, reason="dedupe window")
                 return durable
@@ -193,7 +194,7 @@ class SinkRunner:
             delivered = int(time.time() * 1000)
             if user_key is not None and request.dedupe_window_s:
                 dedupe[user_key] = str(delivered + int(request.dedupe_window_s * 1000)).encode()
-            dedupe[request.id.encode()] = str(delivered).encode()
+            dedupe[mark] = str(delivered).encode()
             # The record is done only once the mark is durable: a record redelivered after a
             # crash is then either undelivered or skipped, except the ones in flight at the crash.
             durable = dedupe.last_changelog  # before any await: other lanes write too
