@@ -83,7 +83,30 @@ class SinkRunner:
         """Stop lanes of partitions this worker lost; their records are redelivered elsewhere."""
         for key, lane in list(self.lanes.items()):
             if lane and lane[0][1].batch.tp in revoked:
-                self.tasks[key].cancel()
+                task = self.tasks[key]
+                task.cancel()
+                # Cleanup in a done callback, not in the lane task: a task cancelled before it
+                # first ran never runs any of its code, and its lane would stay, dead, with its
+                # key's later records queued behind it for good.
+                task.add_done_callback(lambda t, k=key, ln=lane: self._after_cancel(k, ln, t))
+
+    def _after_cancel(self, key: bytes, lane: deque, task: asyncio.Task) -> None:
+        """Drop a cancelled lane's stale records (their new owner delivers them); records of a
+        new assignment that joined it meanwhile get a fresh task."""
+        if not task.cancelled():
+            return  # it finished before the cancel landed, and cleaned up itself
+        kept = [item for item in lane if not item[1].batch.ticket.stale]
+        for _ in range(len(lane) - len(kept)):
+            self.capacity.release()
+        lane.clear()
+        if self.lanes.get(key) is not lane:
+            return
+        if kept:
+            lane.extend(kept)
+            self.tasks[key] = asyncio.ensure_future(self._drain(key, lane))
+        else:
+            del self.lanes[key]
+            del self.tasks[key]
 
     async def _drain(self, key: bytes, lane: deque[tuple[Any, _BatchState]]) -> None:
         try:
@@ -103,18 +126,7 @@ class SinkRunner:
                     self._finish(state)
                 else:
                     durable.add_done_callback(lambda fut, s=state: self._finish(s, fut))
-        except asyncio.CancelledError:
-            # Cancelled by revoke(): drop the stale records (their new owner delivers them).
-            # Records of a new assignment may have joined the lane meanwhile: a fresh task
-            # delivers those.
-            kept = [item for item in lane if not item[1].batch.ticket.stale]
-            for _ in range(len(lane) - len(kept)):
-                self.capacity.release()
-            lane.clear()
-            if kept:
-                lane.extend(kept)
-                self.tasks[key] = asyncio.ensure_future(self._drain(key, lane))
-        finally:
+        finally:  # a cancelled lane (revoke) is cleaned up by _after_cancel
             if self.lanes.get(key) is lane and not lane:
                 del self.lanes[key]
                 del self.tasks[key]
