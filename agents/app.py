@@ -11,8 +11,10 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 import faust
+from faust.types import TP
 
 from agents.batches import BatchChannel
 from agents.connectivity import broker_credentials
@@ -118,9 +120,14 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
         await rules.seed(send)
         log.info("handlers loaded: %s", ", ".join(h.name for h in rules.index().handlers))
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app: faust.App, revoked: set, **kwargs: object) -> None:
-        sink.revoke(revoked)
+    app.on_batches_revoked(sink.revoke)
+
+    stall_after = settings.stallSeconds
+
+    @app.timer(interval=min(5.0, stall_after / 2))
+    async def watch_stalls() -> None:
+        consumer = app.consumer
+        runtime.stalls = consumer.ledger.stalls(_highwater(consumer), stall_after)
 
     @app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **kwargs: object) -> None:
@@ -129,6 +136,16 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
     register_views(app, runtime)
     register_heartbeats(app, runtime)
     return app
+
+
+def _highwater(consumer: faust.types.ConsumerT) -> Callable[[TP], int | None]:
+    def highwater(tp: TP) -> int | None:
+        try:
+            return consumer.highwater(tp)
+        except Exception:  # not fetched yet, or the consumer is restarting
+            return None
+
+    return highwater
 
 
 def _prefer_uvloop() -> None:

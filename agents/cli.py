@@ -1,13 +1,15 @@
 """`herald`: the command line around the worker.
 
-    herald worker [faust worker options]   run a worker (same as `faust -A agents.app worker`)
-    herald check [--config FILE] [--connect]  validate the configuration and show what it will
-                                           do; --connect also tries every active integration
-    herald demo                            embedded broker + ilert receiver + worker + samples
-    herald replay --integration NAME       re-submit dead letters
-    herald rules put FILE | delete NAME    change handlers at runtime via the rules topic
-    herald import-handlers FILE|URL        Conductor's exported event handlers into the config
-    herald ilagent daemon [ilagent flags]  ilagent's Kafka mode, run on Herald's workers
+herald worker [faust worker options]   run a worker (same as `faust -A agents.app worker`)
+herald check [--config FILE] [--connect]  validate the configuration and show what it will
+                                       do; --connect also tries every active integration
+herald demo                            embedded broker + ilert receiver + worker + samples
+herald replay --integration NAME       re-submit dead letters
+herald audit [--config FILE] [--json]  check, with an independent consumer, that nothing
+                                       was committed before it was done
+herald rules put FILE | delete NAME    change handlers at runtime via the rules topic
+herald import-handlers FILE|URL        Conductor's exported event handlers into the config
+herald ilagent daemon [ilagent flags]  ilagent's Kafka mode, run on Herald's workers
 """
 
 from __future__ import annotations
@@ -83,6 +85,13 @@ def cmd_replay(args: argparse.Namespace, rest: list[str]) -> int:
     return replay(config, path, args.integration, limit=args.limit, dry_run=args.dry_run)
 
 
+def cmd_audit(args: argparse.Namespace, rest: list[str]) -> int:
+    from agents.audit import run
+
+    config, path = _load(args.config)
+    return run(config, path, args.json)
+
+
 def cmd_rules(args: argparse.Namespace, rest: list[str]) -> int:
     from agents.rulesctl import delete_rule, put_rules
 
@@ -141,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--limit", type=int, default=None)
     replay.add_argument("--dry-run", action="store_true")
     replay.set_defaults(func=cmd_replay)
+
+    audit = sub.add_parser(
+        "audit",
+        help="check with an independent consumer that nothing was committed without being done",
+    )
+    _config_arg(audit)
+    audit.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit.set_defaults(func=cmd_audit)
 
     rules = sub.add_parser("rules", help="change handlers at runtime")
     _config_arg(rules)

@@ -51,6 +51,7 @@ class Runtime:
     tables: Tables
     rules: RuleSet
     counters: Counters = field(default_factory=Counters)
+    stalls: list[Any] = field(default_factory=list)  # agents.ledger.Stall, refreshed by a timer
     _http: aiohttp.ClientSession | None = None
     _http1: Http1Client | None = None
     _context: DeliveryContext | None = None

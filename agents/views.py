@@ -26,12 +26,18 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
                 "ready": ready,
                 "rulesLoaded": runtime.rules.ready.is_set(),
                 "assignedPartitions": assigned,
+                # Partitions with records waiting and no progress for herald.stallSeconds.
+                "stalledPartitions": [stall.describe() for stall in runtime.stalls],
             }
             return self.json(body, status=200 if ready else 503)
 
     @app.page("/herald/stats")
     class Stats(View):
         async def get(self, request: Request) -> Response:
-            return self.json(runtime.counters.as_dict())
+            counters = runtime.counters.as_dict()
+            ledger = getattr(app.consumer, "ledger", None)
+            if ledger is not None:
+                counters.update(ledger.as_dict())
+            return self.json(counters)
 
     register_ilert_proxy(app, runtime)  # ilagent's HTTP API, when herald.ilertProxy is set

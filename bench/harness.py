@@ -325,6 +325,8 @@ def watch_drain(
     ready_path: str | None = None,
     also: dict[str, Callable[[], bool]] | None = None,
     on_first: Callable[[], None] | None = None,
+    progress: Callable[[], Any] | None = None,
+    stall_after: float = 60.0,
 ) -> Drain:
     """Poll ``counter`` every 50 ms from the workers' start until it reaches ``target``.
 
@@ -333,9 +335,14 @@ def watch_drain(
     intervals (plus two request round trips) longer than the true one, and a rate is at worst
     slightly low. ``also`` names more conditions to wait for (e.g. the last delivery arriving);
     the time each became true is stored in ``extra``. ``on_first`` runs once consumption began
-    (to start py-spy only then).
+    (to start py-spy only then). ``progress`` returns the counters that show work being done
+    (consumed, delivered, ...): once consumption began, if they stay the same for
+    ``stall_after`` seconds the drain stopped progressing, and it fails at once with them
+    instead of waiting out ``timeout`` (issue 9: a stalled drain hung the benchmark).
     """
     drain = Drain(started_process=time.time())
+    last_seen: Any = None
+    last_change = time.monotonic()
     pending = dict(also or {})
     pids = [w.pid for w in workers]
     deadline = time.monotonic() + timeout
@@ -371,6 +378,16 @@ def watch_drain(
                 del pending[name]
         if drain.end is not None and not pending and drain.ready is not None:
             return drain
+        if progress is not None and drain.start is not None and value:
+            seen = (value, progress())
+            if seen != last_seen:
+                last_seen, last_change = seen, time.monotonic()
+            elif time.monotonic() - last_change > stall_after:
+                raise TimeoutError(
+                    f"the drain stopped progressing: no change for {stall_after:.0f}s at "
+                    f"counter {value} of {target}, progress {seen[1]!r}, waiting for "
+                    f"{sorted(pending)}; worker logs {[str(w.log_path) for w in workers]}"
+                )
         time.sleep(POLL_INTERVAL)
     raise TimeoutError(
         f"not done within {timeout:.0f}s: counter target {target}, end={drain.end}, "

@@ -78,6 +78,7 @@ def drain_herald(
             ready_path="/ready",
             also={"delivered": lambda: receiver.unique() >= deliveries},
             on_first=_profile(ctx, case, processes, profilers),
+            progress=lambda: (receiver.unique(), _counters(processes)),
         )
         _stop(profilers)
         window_start = drain.start
@@ -109,6 +110,12 @@ def drain_herald(
         for process in processes:
             process.stop()
     m.details["herald_settings"] = content["herald"]
+
+
+def _counters(processes: list[WorkerProcess]) -> list[tuple[Any, ...]]:
+    """What each worker has done so far, as the drain's stall check compares it."""
+    keys = ("consumed", "matched", "delivered", "dead_lettered")
+    return [tuple((herald.stats(p) or {}).get(k) for k in keys) for p in processes]
 
 
 def _profile(

@@ -366,6 +366,9 @@ class HeraldSettings(Strict):
     # watermark lags acknowledged writes, such as the embedded tansu, set it to false.
     recoveryConsistencyCheck: bool = True
     extraSourceTopics: list[str] = Field(default_factory=list)  # for handlers added at runtime
+    # A partition with records waiting and no progress for this long is reported as stalled:
+    # an error in the log, `stalledPartitions` on /ready, `stalls` on /herald/stats.
+    stallSeconds: float = Field(default=60.0, gt=0)
     # Ping ilert heartbeats from the leader worker (ilagent's -b), and serve ilert's event API
     # on the web port (ilagent's -p): see agents/heartbeats.py and agents/ilagent_api.py.
     heartbeats: list[HeartbeatPing] = Field(default_factory=list)

@@ -1,0 +1,147 @@
+"""Rebalance churn: workers killed and restarted every few seconds, and two workers starting
+together on a backlog. Nothing may be committed past an action that was never delivered.
+
+Both failed on 32c80f5 (issue 9): a partition handed back to a worker by an eager rebalance
+could receive a batch fetched past its committed offset (a fetch that was on its way across
+the rebalance), and the commit then jumped over the records before it. The detector at the end
+of each test reads the topics and the group's committed offsets with an independent consumer.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+from agents.embedded.broker import EmbeddedBroker
+from agents.embedded.receiver import Delay, Receiver, Reply
+from tests.integration.test_guarantees import (
+    assert_each_key_in_order,
+    messages,
+    numbered_handler,
+    tally,
+)
+from tests.support.detector import audit_deployment
+from tests.support.herald import HeraldDeployment, stats, webhook_target
+from tests.support.kafka import produce
+
+MAX_IN_FLIGHT = 16
+
+
+def wait_delivered(receiver: Receiver, expected: set[int], timeout: float) -> set[int]:
+    """Wait until every `n` was answered 202 or `timeout`; return the missing ones."""
+    deadline = time.monotonic() + timeout
+    missing = expected
+    while time.monotonic() < deadline:
+        seen = {r.json["n"] for r in receiver.requests if r.status == 202}
+        missing = expected - seen
+        if not missing:
+            break
+        time.sleep(0.5)
+    return missing
+
+
+def test_kills_every_few_seconds_lose_nothing(
+    broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
+) -> None:
+    """Two workers in one group, a random one SIGKILLed every 3 to 5 s for about 40 s and
+    restarted at once on its data directory, while events arrive at about 100/s."""
+    seed = int(os.environ.get("HERALD_CHURN_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    topic = unique_topic("churn")
+    total, keys = 4000, 50
+    receiver.set_default(Delay(0.005, then=Reply(202)))
+    herald = HeraldDeployment(
+        tmp_path,
+        broker.bootstrap,
+        handlers=[numbered_handler(topic)],
+        targets=[webhook_target(receiver.url)],
+        source_partitions=6,
+        settings={"actionPartitions": 8, "maxInFlight": MAX_IN_FLIGHT},
+    )
+    events = messages(total, keys=keys)
+    stop_producing = threading.Event()
+
+    def produce_steadily() -> None:
+        for start in range(0, total, 50):
+            if stop_producing.is_set():
+                return
+            produce(broker.bootstrap, topic, events[start : start + 50])
+            time.sleep(0.5)
+
+    workers = [herald.start_worker(), herald.start_worker()]
+    producer = threading.Thread(target=produce_steadily, daemon=True)
+    kills = 0
+    try:
+        producer.start()
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            time.sleep(rng.uniform(3.0, 5.0))
+            victim = rng.choice(workers)
+            victim.kill()
+            kills += 1
+            victim.start()  # at once, on the same data directory; not waiting for ready
+        producer.join(timeout=120)
+        for worker in workers:
+            if not worker.running:
+                worker.start()
+        missing = wait_delivered(receiver, set(range(total)), timeout=150)
+        time.sleep(2.0)
+        delivered, counts, repeats = tally(receiver.requests)
+        report = audit_deployment(herald, [topic])
+        print(
+            f"\nchurn (seed {seed}): {total} events, {kills} kills, {len(missing)} lost, "
+            f"{repeats} repeated; detector: {report.summary()}"
+        )
+        assert not missing, f"{len(missing)} never delivered (seed {seed}): {sorted(missing)[:20]}"
+        assert report.lost == [], report.summary()
+        assert_each_key_in_order(delivered)
+    finally:
+        stop_producing.set()
+        herald.stop()
+
+
+def test_two_workers_starting_together_on_a_backlog_deliver_every_match(
+    broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
+) -> None:
+    """The benchmark's S case, smaller: a pre-loaded topic, two workers started at once, so
+    their first rebalances happen while both fetch at full speed."""
+    topic = unique_topic("together")
+    total = 60_000
+    herald = HeraldDeployment(
+        tmp_path,
+        broker.bootstrap,
+        handlers=[{**numbered_handler(topic), "condition": "$.n % 50 == 0"}],
+        targets=[webhook_target(receiver.url)],
+        source_partitions=12,
+        settings={"actionPartitions": 6},
+    )
+    try:
+        for start in range(0, total, 5000):
+            produce(broker.bootstrap, topic, messages(total, keys=64)[start : start + 5000])
+        first, second = herald.worker(), herald.worker()
+        first.start()
+        second.start()
+        for worker in (first, second):
+            worker.wait_ready(90)
+            worker.wait_http_ready(90)
+        expected = set(range(0, total, 50))
+        missing = wait_delivered(receiver, expected, timeout=150)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            consumed = stats(first)["consumed"] + stats(second)["consumed"]
+            if consumed >= total:
+                break
+            time.sleep(0.5)
+        report = audit_deployment(herald, [topic])
+        print(
+            f"\ntogether: {total} events, {len(expected)} matches, {len(missing)} lost; "
+            f"consumed {stats(first)['consumed']} + {stats(second)['consumed']}; "
+            f"detector: {report.summary()}"
+        )
+        assert not missing, f"{len(missing)} never delivered: {sorted(missing)[:20]}"
+        assert report.lost == [], report.summary()
+    finally:
+        herald.stop()

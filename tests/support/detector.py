@@ -1,0 +1,17 @@
+"""The loss detector for tests: `herald audit` (agents.audit) on a test deployment."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agents.audit import AuditReport, audit
+from streams.config.loader import load_config
+from tests.support.herald import HeraldDeployment
+
+
+def audit_deployment(herald: HeraldDeployment, topics: list[str] | None = None) -> AuditReport:
+    """Read the deployment's topics and committed offsets with an independent consumer and
+    report what was committed without being done (`lost`) and what was delivered twice.
+    `topics` is informational: the audit checks every source topic of the handlers."""
+    path = str(herald.config_path)
+    return asyncio.run(audit(load_config(path), path))
