@@ -142,7 +142,9 @@ async def _replay_one(
         )
     for again in evaluation.dead_letters:
         await producer.send(
-            dlq_name(config, again.integration), again.to_bytes(), key=again.key,
+            dlq_name(config, again.integration),
+            again.to_bytes(),
+            key=again.key,
             headers=again.headers(),
         )
 

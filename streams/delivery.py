@@ -85,6 +85,8 @@ def classify_status(status: int, body: str, retry_after: str | None) -> Delivery
 
 
 _JSON = {"Content-Type": "application/json"}
+
+
 def _json_bytes(body: Any) -> bytes:
     try:
         return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)

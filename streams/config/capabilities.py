@@ -63,9 +63,7 @@ def _avro_publish_problems(config: HeraldConfig, params: dict, where: str) -> li
         return [f"{where}.to: no integration named {match.group('integration')!r}"]
     fmt = params.get("format", "auto")
     explicit = fmt == "avro" or params.get("schema") is not None or params.get("schemaSubject")
-    avro = explicit or (
-        fmt == "auto" and integration.sendingProtocol is SendingProtocol.AVRO
-    )
+    avro = explicit or (fmt == "auto" and integration.sendingProtocol is SendingProtocol.AVRO)
     if not avro:
         return []
     registry = integration.schemaRegistry

@@ -304,8 +304,6 @@ def test_registry_authentication_types_and_https(pki, unique_topic) -> None:
 # --------------------------------------------------------------------------- workers
 
 
-
-
 def serialized(registry: SchemaRegistryServer, topic: str, value: dict, schema=ALARM) -> bytes:
     client = SchemaRegistryClient({"url": registry.url})
     serializer = AvroSerializer(client, json.dumps(schema))

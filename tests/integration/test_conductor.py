@@ -45,8 +45,6 @@ def conductor_target(server: ConductorServer, *, credentials: bool = True) -> di
     return target
 
 
-
-
 def executions(herald: HeraldDeployment, count: int) -> dict[str, dict[str, Any]]:
     """The latest execution record of each delivery id, once `count` records were written."""
     records = consume(herald.bootstrap, herald.executions_topic, count, timeout=30)

@@ -279,8 +279,6 @@ def test_herald_check_connect_reports_every_integration_without_secrets(
 # --------------------------------------------------------------------------- workers
 
 
-
-
 def test_worker_with_a_wrong_password_stops_at_once_naming_the_integration(
     sasl_ssl_cluster, tmp_path, unique_topic, deployments
 ) -> None:
