@@ -12,6 +12,7 @@ in flight, up to `maxInFlight * 16` unacknowledged records.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from typing import Any
@@ -67,6 +68,58 @@ async def route(
     return routing.route(handlers, envelope, codec)
 
 
+#: What a produced record carries besides key and value (record and batch headers), with room.
+RECORD_OVERHEAD = 1024
+
+
+def max_record_bytes(max_request_size: int) -> int:
+    """The largest key + value + headers Herald produces: the producer refuses a record whose
+    serialized size exceeds its `max_request_size` (aiokafka's MessageSizeTooLargeError),
+    and that refusal must never reach the agent."""
+    return max(max_request_size - RECORD_OVERHEAD, 1024)
+
+
+def fit_to_limit(evaluation: Evaluation, envelope: Envelope, limit: int) -> Evaluation:
+    """Turn every action request that would not fit in one produced record into a dead letter
+    that does: the reason, the sizes and the source record's coordinates (topic, partition,
+    offset), with the original value only where it still fits."""
+    requests = []
+    letters = list(evaluation.dead_letters)
+    for request in evaluation.requests:
+        size = len(request.to_bytes()) + len(request.ordering_key)
+        if size <= limit:
+            requests.append(request)
+            continue
+        letters.append(
+            for_envelope(
+                envelope,
+                "size",
+                f"the action request is {size} bytes, over the producer's limit of {limit} "
+                "bytes (producer max request size); the source record is at "
+                f"{envelope.topic}/{envelope.partition}@{envelope.offset}",
+                handler=request.handler,
+                action=request.action,
+                index=request.index,
+            )
+        )
+    fitted = []
+    for letter in letters:
+        size = len(letter.to_bytes()) + len(letter.key or b"")
+        if size > limit:
+            raw = len(envelope.raw_value or b"")
+            letter = dataclasses.replace(
+                letter,
+                value=None,
+                reason=f"{letter.reason[:2000]} (the original value, {raw} bytes, is not "
+                f"included: with it the dead letter would be {size} bytes, over the limit of "
+                f"{limit}; read it at {envelope.topic}/{envelope.partition}@{envelope.offset})",
+            )
+        fitted.append(letter)
+    if requests == evaluation.requests and fitted == evaluation.dead_letters:
+        return evaluation
+    return dataclasses.replace(evaluation, requests=requests, dead_letters=fitted)
+
+
 class SourceRunner:
     """Drives the source channel; owns the pipelining of produces and the batch tickets."""
 
@@ -77,6 +130,7 @@ class SourceRunner:
         self._pending: deque[tuple[int, asyncio.Future]] = deque()  # (records, all produced)
         self._pending_records = 0
         self.actions_topic = runtime.topics.actions.get_topic_name()
+        self.max_record_bytes = max_record_bytes(runtime.app.conf.producer_max_request_size)
 
     async def run(self) -> None:
         await self.runtime.rules.ready.wait()
@@ -95,6 +149,7 @@ class SourceRunner:
             batch.ticket.done()
             return
         sync = runtime.codec_for(home) is None
+        limit = self.max_record_bytes
         futures: list[asyncio.Future] = []
         for record in batch.records:
             envelope = envelope_of(record, home)
@@ -104,11 +159,12 @@ class SourceRunner:
                 else:
                     evaluation = await route(runtime, handlers, envelope)
                 if evaluation.requests or evaluation.dead_letters:
-                    futures += await self._produce(evaluation)
+                    futures += await self._produce(fit_to_limit(evaluation, envelope, limit))
             except Exception as exc:  # a bug, not bad data: dead-letter rather than lose it
                 log.exception("internal error routing %s/%s@%s", *batch.tp, record.offset)
                 letter = for_envelope(envelope, "internal", repr(exc))
-                futures += await self._produce(Evaluation(dead_letters=[letter]))
+                evaluation = Evaluation(dead_letters=[letter])
+                futures += await self._produce(fit_to_limit(evaluation, envelope, limit))
         if not futures:
             batch.ticket.done()
             return
