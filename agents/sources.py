@@ -12,15 +12,16 @@ in flight, up to `maxInFlight * 16` unacknowledged records.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections import deque
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agents.batches import Batch, BatchChannel
 from agents.runtime import Runtime
 from streams import codecs, routing
-from streams.deadletter import for_envelope
+from streams.actions.base import ActionRequest
+from streams.deadletter import DeadLetter, for_envelope
 from streams.handlers import CompiledHandler, Evaluation
 from streams.message import Envelope
 
@@ -79,16 +80,27 @@ def max_record_bytes(max_request_size: int) -> int:
     return max(max_request_size - RECORD_OVERHEAD, 1024)
 
 
-def fit_to_limit(evaluation: Evaluation, envelope: Envelope, limit: int) -> Evaluation:
-    """Turn every action request that would not fit in one produced record into a dead letter
-    that does: the reason, the sizes and the source record's coordinates (topic, partition,
-    offset), with the original value only where it still fits."""
-    requests = []
+@dataclass(slots=True)
+class Outgoing:
+    """What one source record produces, each record serialized once and within the limit."""
+
+    matched: bool  # some handler matched (even if its request had to become a dead letter)
+    requests: list[tuple[ActionRequest, bytes, bytes]]  # (request, key, value)
+    dead_letters: list[tuple[DeadLetter, bytes]]  # (letter, value)
+
+
+def fit_to_limit(evaluation: Evaluation, envelope: Envelope, limit: int) -> Outgoing:
+    """Serialize what `evaluation` produces, turning every action request that would not fit
+    in one produced record into a dead letter that does: the reason, the sizes and the source
+    record's coordinates (topic, partition, offset), with the original value only where it
+    still fits."""
+    requests: list[tuple[ActionRequest, bytes, bytes]] = []
     letters = list(evaluation.dead_letters)
     for request in evaluation.requests:
-        size = len(request.to_bytes()) + len(request.ordering_key)
+        key, value = request.ordering_key.encode(), request.to_bytes()
+        size = len(key) + len(value)
         if size <= limit:
-            requests.append(request)
+            requests.append((request, key, value))
             continue
         letters.append(
             for_envelope(
@@ -102,22 +114,22 @@ def fit_to_limit(evaluation: Evaluation, envelope: Envelope, limit: int) -> Eval
                 index=request.index,
             )
         )
-    fitted = []
+    fitted: list[tuple[DeadLetter, bytes]] = []
     for letter in letters:
-        size = len(letter.to_bytes()) + len(letter.key or b"")
+        value = letter.to_bytes()
+        size = len(value) + len(letter.key or b"")
         if size > limit:
             raw = len(envelope.raw_value or b"")
-            letter = dataclasses.replace(
+            letter = replace(
                 letter,
                 value=None,
                 reason=f"{letter.reason[:2000]} (the original value, {raw} bytes, is not "
                 f"included: with it the dead letter would be {size} bytes, over the limit of "
                 f"{limit}; read it at {envelope.topic}/{envelope.partition}@{envelope.offset})",
             )
-        fitted.append(letter)
-    if requests == evaluation.requests and fitted == evaluation.dead_letters:
-        return evaluation
-    return dataclasses.replace(evaluation, requests=requests, dead_letters=fitted)
+            value = letter.to_bytes()
+        fitted.append((letter, value))
+    return Outgoing(bool(evaluation.requests), requests, fitted)
 
 
 class SourceRunner:
@@ -179,23 +191,19 @@ class SourceRunner:
         while self._pending and self._pending[0][1].done():
             self._pending_records -= self._pending.popleft()[0]
 
-    async def _produce(self, evaluation: Evaluation) -> list[asyncio.Future]:
+    async def _produce(self, outgoing: Outgoing) -> list[asyncio.Future]:
         # Straight to Faust's producer: a Topic.send builds a FutureMessage, runs the monitor
         # and callbacks, about 10 µs per record that nothing here uses.
         send = self.runtime.app.producer.send
         topics = self.runtime.topics
         futures: list[asyncio.Future] = []
-        if evaluation.requests:
+        if outgoing.matched:
             self.runtime.counters.matched += 1
         actions = self.actions_topic
-        for request in evaluation.requests:
-            futures.append(
-                await send(
-                    actions, request.ordering_key.encode(), request.to_bytes(), None, None, None
-                )
-            )
-        self.runtime.counters.actions_produced += len(evaluation.requests)
-        for letter in evaluation.dead_letters:
+        for _request, key, value in outgoing.requests:
+            futures.append(await send(actions, key, value, None, None, None))
+        self.runtime.counters.actions_produced += len(outgoing.requests)
+        for letter, value in outgoing.dead_letters:
             log.warning(
                 "dead-lettered %s/%s@%s (%s): %s",
                 letter.source["topic"],
@@ -206,10 +214,10 @@ class SourceRunner:
             )
             futures.append(
                 await topics.dlq(letter.integration).send(
-                    key=letter.key, value=letter.to_bytes(), headers=letter.headers(), force=True
+                    key=letter.key, value=value, headers=letter.headers(), force=True
                 )
             )
-        self.runtime.counters.dead_lettered += len(evaluation.dead_letters)
+        self.runtime.counters.dead_lettered += len(outgoing.dead_letters)
         return futures
 
     def _on_produced(self, fut: asyncio.Future, batch: Batch) -> None:

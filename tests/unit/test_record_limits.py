@@ -31,15 +31,18 @@ def request(payload_size: int) -> ActionRequest:
 
 
 def test_requests_within_the_limit_are_kept_as_they_are() -> None:
-    evaluation = Evaluation(requests=[request(100)])
-    assert fit_to_limit(evaluation, envelope(b"{}"), 10_000) is evaluation
+    kept = request(100)
+    fitted = fit_to_limit(Evaluation(requests=[kept]), envelope(b"{}"), 10_000)
+    assert fitted.requests == [(kept, b"k", kept.to_bytes())]
+    assert fitted.dead_letters == [] and fitted.matched
 
 
 def test_a_request_over_the_limit_becomes_a_size_dead_letter_naming_the_source() -> None:
     limit = max_record_bytes(20_000)
     fitted = fit_to_limit(Evaluation(requests=[request(50_000)]), envelope(b"{}"), limit)
-    assert fitted.requests == []
-    [letter] = fitted.dead_letters
+    assert fitted.requests == [] and fitted.matched
+    [(letter, value)] = fitted.dead_letters
+    assert value == letter.to_bytes()
     assert letter.stage == "size" and letter.handler == "h" and letter.actionIndex == 0
     assert "alarms/2@7" in letter.reason and str(limit) in letter.reason
     assert letter.value is not None  # the original value still fits
@@ -49,7 +52,7 @@ def test_a_dead_letter_over_the_limit_keeps_everything_but_the_value() -> None:
     raw = b"z" * 50_000
     letter = for_envelope(envelope(raw), "decode", "not UTF-8")
     fitted = fit_to_limit(Evaluation(dead_letters=[letter]), envelope(raw), 10_000)
-    [small] = fitted.dead_letters
+    [(small, value)] = fitted.dead_letters
     assert small.value is None
     assert small.reason.startswith("not UTF-8") and "50000 bytes" in small.reason
-    assert len(small.to_bytes()) < 10_000
+    assert value == small.to_bytes() and len(value) < 10_000
