@@ -19,10 +19,11 @@ partition of the current assignment, a `streams.offsets.PartitionProgress` (its 
 4. **Revocation.** A revoked partition's progress is dropped and its tickets turn stale; the
    ledger tells every listener (the batch channels, the sink's lanes) in one fan-out.
 
-Why (issue 9): on 32c80f5 the consumer created a partition's progress from whatever batch came
-first after an assignment. A fetch that was on its way across an eager rebalance (fetched in
-the old generation, handed over after the partition came back to the same worker) started
-past the committed offset; once it finished, the commit jumped over the records before it.
+Why (issue 9): on 32c80f5 the consumer threw away, without rewinding, a fetch answered while
+Faust had paused the partitions for an assignment, and created a partition's progress from
+whatever batch came first. Faust's seek to the committed offset does nothing for a partition
+with no commit (aiokafka seeks only to offsets > 0), so that first batch started after the
+hole and the next commit covered it. A fetch crossing a generation could do the same.
 """
 
 from __future__ import annotations
@@ -38,20 +39,12 @@ from typing import Any
 
 from faust.types import TP
 
-from streams.offsets import PartitionProgress, Ticket, Verdict
+from agents.batches import Batch
+from streams.offsets import PartitionProgress, Verdict
 
 log = logging.getLogger("herald.ledger")
 
 _offset = attrgetter("offset")
-
-
-@dataclass(slots=True)
-class Admitted:
-    """Records of a batch to hand over (trimmed to the partition's next offset) and their
-    ticket."""
-
-    records: Sequence[Any]
-    ticket: Ticket
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,18 +103,13 @@ class OffsetLedger:
         for tp in fresh:
             self._progress[tp] = PartitionProgress(generation)
 
-    def progress(self, tp: TP) -> PartitionProgress | None:
-        return self._progress.get(tp)
-
-    def __contains__(self, tp: TP) -> bool:
-        return tp in self._progress
-
     # -- admission ----------------------------------------------------------------------
 
     def admit(
         self, tp: TP, records: Sequence[Any], generation: int | None, active: bool
-    ) -> Admitted | None:
-        """Take a fetched batch of `tp` (aiokafka records, in offset order), or drop it.
+    ) -> Batch | None:
+        """Take a fetched batch of `tp` (aiokafka records, in offset order), trimmed to the
+        partition's next offset and with its ticket, or drop it.
 
         `generation`: the consumer generation the fetch ran in, None if it changed meanwhile;
         `active`: the flow was on and the partition not paused when the batch came back.
@@ -139,7 +127,7 @@ class OffsetLedger:
         elif verdict is not Verdict.TAKE:
             self._drop(progress, verdict.value)
             return None
-        return Admitted(records, progress.open(records[-1].offset))
+        return Batch(tp, records, progress.open(records[-1].offset))
 
     def _drop(self, progress: PartitionProgress, why: str) -> None:
         """Nothing more is taken from the partition until it was sought back (`repositions`)."""

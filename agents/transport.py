@@ -27,7 +27,7 @@ from faust.transport.conductor import Conductor
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, TopicT
 
-from agents.batches import Batch, BatchChannel
+from agents.batches import BatchChannel
 from agents.ledger import OffsetLedger
 
 log = logging.getLogger("herald.transport")
@@ -149,13 +149,13 @@ class HeraldConsumer(aiokafka_driver.Consumer):
         flowing = self.flow_active and (
             active is None or tp in active or tp in self._buffered_partitions
         )
-        admitted = self.ledger.admit(tp, records, fetched_in, flowing)
-        if admitted is None:
+        batch = self.ledger.admit(tp, records, fetched_in, flowing)
+        if batch is None:
             return
         # Faust's livelock check and its seek bookkeeping read these.
-        self._read_offset[tp] = admitted.records[-1].offset
+        self._read_offset[tp] = batch.records[-1].offset
         self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-        channel.put(Batch(tp, admitted.records, admitted.ticket))
+        channel.put(batch)
 
     async def _reposition(self) -> None:
         """Anchor newly assigned partitions and seek back partitions whose batch was dropped,
