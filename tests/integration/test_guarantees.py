@@ -33,15 +33,21 @@ def messages(count: int, keys: int) -> list[dict]:
     return [{"key": f"k{i % keys}", "value": {"n": i, "k": f"k{i % keys}"}} for i in range(count)]
 
 
-def wait_all(receiver: Receiver, expected: set[int], timeout: float) -> list:
+def wait_delivered(receiver: Receiver, expected: set[int], timeout: float) -> set[int]:
+    """Wait until every `n` of `expected` was answered 202, or `timeout`; the missing ones."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen = {r.json["n"] for r in receiver.requests if r.status == 202}
-        if expected <= seen:
-            return receiver.requests
+    while True:
+        missing = expected - {r.json["n"] for r in receiver.requests if r.status == 202}
+        if not missing or time.monotonic() >= deadline:
+            return missing
         time.sleep(0.2)
-    missing = sorted(expected - {r.json["n"] for r in receiver.requests if r.status == 202})
-    raise AssertionError(f"{len(missing)} never delivered, first: {missing[:20]}")
+
+
+def wait_all(receiver: Receiver, expected: set[int], timeout: float) -> list:
+    missing = wait_delivered(receiver, expected, timeout)
+    if missing:
+        raise AssertionError(f"{len(missing)} never delivered, first: {sorted(missing)[:20]}")
+    return receiver.requests
 
 
 def per_key_order(requests: list) -> dict[str, list[int]]:
