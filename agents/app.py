@@ -27,6 +27,7 @@ from agents.sources import SourceRunner
 from agents.tables import DurableTable, RulesTable, declare_tables
 from agents.topics import declare_topics, rules_name
 from agents.transport import HeraldApp
+from agents.unreadable import register_skipper
 from agents.views import register_views
 from streams.config.capabilities import check_supported
 from streams.config.loader import config_path_from_env, load_config
@@ -133,6 +134,7 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
     async def on_shutdown(app: faust.App, **kwargs: object) -> None:
         await runtime.close()
 
+    register_skipper(app, runtime)
     register_views(app, runtime)
     register_heartbeats(app, runtime)
     return app

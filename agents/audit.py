@@ -8,7 +8,9 @@ execution records and the dead letters. Then:
   same pure routing the source agent runs) must have its action requests on the actions topic
   or its dead letter in the dead-letter topic;
 - every action request below the actions topic's committed offset must have a final
-  execution record (COMPLETED, SKIPPED or DEAD_LETTERED) or a delivery dead letter.
+  execution record (COMPLETED, SKIPPED or DEAD_LETTERED) or a delivery dead letter;
+- every record batch that cannot be read (agents.fetchguard) below the committed offset must
+  have its `fetch` dead letter: the audit reads past such a batch instead of failing.
 
 What fails either check is lost: committed, so no worker will ever do it. A request delivered
 more than once (several COMPLETED records) is a repeat. The tests run it after their churn and
@@ -29,6 +31,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from agents import fetchguard
+from agents.fetchguard import Unreadable
 from agents.sources import envelope_of
 from streams.actions.base import ActionRequest
 from streams.config.models import HeraldConfig, SendingProtocol
@@ -51,6 +55,7 @@ class AuditReport:
     delivered: int = 0
     repeated: int = 0
     in_flight: int = 0  # action requests past the committed offset without a final record
+    unreadable: int = 0  # record batches that could not be read (each needs its dead letter)
     lost: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -58,6 +63,7 @@ class AuditReport:
             f"{self.source_records_checked} source records and {self.actions_checked} actions "
             f"below the committed offsets checked; {self.delivered} delivered, "
             f"{self.repeated} repeated, {self.in_flight} still in flight, {len(self.lost)} lost"
+            + (f", {self.unreadable} unreadable batch(es) read past" if self.unreadable else "")
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -71,11 +77,16 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
 
 
 async def _read(
-    consumer: AIOKafkaConsumer, topic: str, upto: dict[int, int] | None = None
+    consumer: AIOKafkaConsumer,
+    topic: str,
+    upto: dict[int, int] | None = None,
+    unreadable: list[Unreadable] | None = None,
 ) -> AsyncIterator[Any]:
     """Every record of `topic` from the beginning (up to `upto[partition]` when given), until
     the topic is quiet for two seconds. Not bounded by the end offsets: a broker whose high
-    watermark lags its writes (tansu) would cut the read short."""
+    watermark lags its writes (tansu) would cut the read short. Batches that cannot be read
+    are read past, and listed in `unreadable`."""
+    reports = consumer._herald_reports  # type: ignore[attr-defined]
     partitions = await _partitions(consumer, topic)
     if upto is not None:
         partitions = [p for p in partitions if upto.get(p, 0) > 0]
@@ -87,7 +98,13 @@ async def _read(
     quiet = 0
     while todo and quiet < 2:
         fetched = await consumer.getmany(*todo, timeout_ms=1000)
-        quiet = 0 if fetched else quiet + 1
+        quiet = 0 if fetched or reports else quiet + 1
+        while reports:
+            tp, found = reports.popleft()
+            if tp in todo and (upto is None or found.offset < upto[tp.partition]):
+                if unreadable is not None:
+                    unreadable.append(found)
+                consumer.seek(tp, found.skip_to)
         for tp, records in fetched.items():
             limit = None if upto is None else upto[tp.partition]
             for record in records:
@@ -120,6 +137,8 @@ async def audit(config: HeraldConfig, path: str = "<config>") -> AuditReport:
         **aiokafka_kwargs(home),
     )
     await consumer.start()
+    consumer._herald_reports = collections.deque()  # type: ignore[attr-defined]
+    fetchguard.install(consumer, consumer._herald_reports)  # type: ignore[attr-defined]
     try:
         requested: dict[str, int] = collections.Counter()
         async for record in _read(consumer, actions_name(config)):
@@ -141,7 +160,8 @@ async def audit(config: HeraldConfig, path: str = "<config>") -> AuditReport:
             topics = sorted(topic for name, topic in index.topics() if name == home.name)
             for topic in topics:
                 committed = await _committed(consumer, topic)
-                async for record in _read(consumer, topic, committed):
+                unreadable: list[Unreadable] = []
+                async for record in _read(consumer, topic, committed, unreadable):
                     report.source_records_checked += 1
                     envelope = envelope_of(record, home.name)
                     evaluation = route(index.for_topic(home.name, topic), envelope)
@@ -156,6 +176,12 @@ async def audit(config: HeraldConfig, path: str = "<config>") -> AuditReport:
                     ):
                         report.lost.append(
                             f"{topic}/{record.partition}@{record.offset}: dead letter missing"
+                        )
+                report.unreadable += len(unreadable)
+                for found in unreadable:
+                    if (topic, found.partition, found.offset) not in letters_by_source:
+                        report.lost.append(
+                            f"{found.describe()}: committed past without a fetch dead letter"
                         )
 
         actions = actions_name(config)

@@ -8,6 +8,9 @@ herald replay --integration NAME       re-submit dead letters
 herald audit [--config FILE] [--json]  check, with an independent consumer, that nothing
                                        was committed before it was done
 herald rules put FILE | delete NAME    change handlers at runtime via the rules topic
+herald skip --topic T --partition P --offset O [--to END]
+                                       skip an unreadable record batch that stopped a
+                                       partition (recorded on the dead-letter topic)
 herald import-handlers FILE|URL        Conductor's exported event handlers into the config
 herald ilagent daemon [ilagent flags]  ilagent's Kafka mode, run on Herald's workers
 """
@@ -92,6 +95,25 @@ def cmd_audit(args: argparse.Namespace, rest: list[str]) -> int:
     return run(config, path, args.json)
 
 
+def cmd_skip(args: argparse.Namespace, rest: list[str]) -> int:
+    import asyncio
+
+    from agents.unreadable import publish_skip
+
+    config, _path = _load(args.config)
+    if args.to is not None and args.to <= args.offset:
+        print("herald skip: --to must be greater than --offset", file=sys.stderr)
+        return 2
+    asyncio.run(publish_skip(config, args.topic, args.partition, args.offset, args.to))
+    end = f"..{args.to - 1}" if args.to is not None else " (to the end of its batch)"
+    print(
+        f"asked the workers to skip {args.topic}/{args.partition} offsets {args.offset}{end}; "
+        "the worker that holds the partition records the range on the dead-letter topic "
+        "and resumes it"
+    )
+    return 0
+
+
 def cmd_rules(args: argparse.Namespace, rest: list[str]) -> int:
     from agents.rulesctl import delete_rule, put_rules
 
@@ -158,6 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(audit)
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
     audit.set_defaults(func=cmd_audit)
+
+    skip = sub.add_parser(
+        "skip", help="skip an unreadable record batch that stopped a partition (see /ready)"
+    )
+    _config_arg(skip)
+    skip.add_argument("--topic", required=True)
+    skip.add_argument("--partition", type=int, required=True)
+    skip.add_argument(
+        "--offset", type=int, required=True, help="the first unreadable offset, as logged"
+    )
+    skip.add_argument(
+        "--to",
+        type=int,
+        default=None,
+        help="the offset to resume at (default: the end of the unreadable batch)",
+    )
+    skip.set_defaults(func=cmd_skip)
 
     rules = sub.add_parser("rules", help="change handlers at runtime")
     _config_arg(rules)

@@ -18,6 +18,11 @@ partition of the current assignment, a `streams.offsets.PartitionProgress` (its 
    delivered with the dedupe mark in the changelog, or dead-lettered).
 4. **Revocation.** A revoked partition's progress is dropped and its tickets turn stale; the
    ledger tells every listener (the batch channels, the sink's lanes) in one fan-out.
+5. **Unreadable batches** (agents.fetchguard). A partition whose fetched batch cannot be read
+   is stopped at the batch's first offset: records before it are taken, nothing from it on,
+   until `skip` hands the unreadable range out as a ticket of its own (done once its dead
+   letter is acknowledged) and the consumer seeks past it. So even a skipped range is
+   committed only once it is recorded.
 
 Why (issue 9): on 32c80f5 the consumer threw away, without rewinding, a fetch answered while
 Faust had paused the partitions for an assignment, and created a partition's progress from
@@ -40,7 +45,8 @@ from typing import Any
 from faust.types import TP
 
 from agents.batches import Batch
-from streams.offsets import PartitionProgress, Verdict
+from agents.fetchguard import Unreadable
+from streams.offsets import PartitionProgress, Ticket, Verdict
 
 log = logging.getLogger("herald.ledger")
 
@@ -76,6 +82,10 @@ class OffsetLedger:
         #: Stalls found by `stalls`, counted once per episode.
         self.stall_count = 0
         self._stalled: set[TP] = set()
+        #: Partitions stopped at a batch that cannot be read, until it is skipped.
+        self._stopped: dict[TP, Unreadable] = {}
+        self.unreadable_count = 0
+        self.skipped_count = 0
 
     # -- assignment and revocation -------------------------------------------------------
 
@@ -92,6 +102,7 @@ class OffsetLedger:
             if progress is not None:
                 progress.revoke()
             self._stalled.discard(tp)
+            self._stopped.pop(tp, None)  # its next owner finds the batch again
         if gone:
             for listener in self._revoke_listeners:
                 listener(gone)
@@ -121,6 +132,12 @@ class OffsetLedger:
         if not active:
             self._drop(progress, "inactive")
             return None
+        stopped = self._stopped.get(tp)
+        if stopped is not None:
+            records = records[: bisect_left(records, stopped.offset, key=_offset)]
+            if not records:
+                self._drop(progress, "unreadable")
+                return None
         verdict = progress.admit(records[0].offset, records[-1].offset, generation)
         if verdict is Verdict.TRIM:
             records = records[bisect_left(records, progress.next_offset, key=_offset) :]
@@ -149,6 +166,13 @@ class OffsetLedger:
                 seek[tp] = progress.next_offset  # type: ignore[assignment]
         return anchor, seek
 
+    def unsettle_all(self) -> None:
+        """Seek every anchored partition back to its next offset before anything more is
+        taken (after a fetch failed in a way the ledger cannot see)."""
+        for progress in self._progress.values():
+            if progress.anchored and not progress.revoked:
+                progress.unsettle()
+
     def anchored(self, tp: TP, progress: PartitionProgress, offset: int) -> None:
         """The consumer sought `tp` to its committed `offset` for this assignment."""
         if self._progress.get(tp) is progress:
@@ -160,6 +184,50 @@ class OffsetLedger:
         progress = self._progress.get(tp)
         if progress is not None and progress.next_offset == offset:
             progress.settle()
+
+    # -- unreadable batches --------------------------------------------------------------
+
+    def stop(self, tp: TP, unreadable: Unreadable) -> bool:
+        """Stop `tp` at an unreadable batch. True when this is news (not already stopped
+        there, and the partition is this worker's, anchored and not already past it)."""
+        progress = self._progress.get(tp)
+        if progress is None or progress.next_offset is None:
+            return False
+        if unreadable.offset < progress.next_offset:
+            return False  # a report of a fetch from before a seek: already handed out
+        known = self._stopped.get(tp)
+        if known is not None and known.offset == unreadable.offset:
+            return False
+        self._stopped[tp] = unreadable
+        self.unreadable_count += 1
+        return True
+
+    def stopped(self) -> dict[TP, Unreadable]:
+        return dict(self._stopped)
+
+    def caught_up(self, tp: TP) -> bool:
+        """Every record before the unreadable batch of `tp` was handed out."""
+        progress = self._progress.get(tp)
+        stopped = self._stopped.get(tp)
+        return (
+            progress is not None
+            and stopped is not None
+            and not progress.unsettled
+            and progress.next_offset == stopped.offset
+        )
+
+    def skip(self, tp: TP, offset: int, end: int) -> Ticket | None:
+        """Hand out the unreadable range [offset, end) of `tp` as one ticket, for the caller
+        to finish once the range is recorded (its dead letter acknowledged), and seek past it.
+        None when `tp` is not stopped at `offset` or records before it are still to be read."""
+        if not self.caught_up(tp) or self._stopped[tp].offset != offset or end <= offset:
+            return None
+        progress = self._progress[tp]
+        del self._stopped[tp]
+        ticket = progress.open(end - 1)
+        progress.unsettle()  # the consumer seeks to `end` before anything more is taken
+        self.skipped_count += 1
+        return ticket
 
     # -- commits --------------------------------------------------------------------------
 
@@ -206,4 +274,7 @@ class OffsetLedger:
         out = {f"ledger_dropped_{why}": count for why, count in sorted(self.dropped.items())}
         out["stalls"] = self.stall_count
         out["stalled_partitions"] = len(self._stalled)
+        out["unreadable_batches"] = self.unreadable_count
+        out["unreadable_partitions"] = len(self._stopped)
+        out["unreadable_skipped"] = self.skipped_count
         return out

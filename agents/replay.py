@@ -47,7 +47,7 @@ async def _replay(
     producer = AIOKafkaProducer(acks="all", **aiokafka_kwargs(home))
     await consumer.start()
     await producer.start()
-    counts = {"resubmitted": 0, "rerouted": 0, "dead_again": 0, "letters": 0}
+    counts = {"resubmitted": 0, "rerouted": 0, "dead_again": 0, "letters": 0, "unreadable": 0}
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         if not partitions:
@@ -86,6 +86,12 @@ async def _replay(
         f"{topic}: {counts['letters']} dead letters read; {verb} {counts['resubmitted']} "
         f"action(s), re-routed {counts['rerouted']} record(s) "
         f"({counts['dead_again']} failed again and were dead-lettered again)"
+        + (
+            f"; {counts['unreadable']} skipped unreadable range(s) cannot be replayed "
+            "(their records could not be read)"
+            if counts["unreadable"]
+            else ""
+        )
     )
     return 0
 
@@ -109,6 +115,9 @@ async def _replay_one(
     dry_run: bool,
 ) -> None:
     letter = DeadLetter.from_bytes(value)
+    if letter.stage == "fetch":  # a skipped unreadable batch: no record to route again
+        counts["unreadable"] += 1
+        return
     if letter.stage == "delivery" and letter.request:
         request = ActionRequest(**letter.request)
         request.replayed += 1

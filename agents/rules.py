@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from agents.tables import SEED_PREFIX, RulesTable
+from agents.tables import RESERVED_PREFIX, SEED_PREFIX, RulesTable
 from streams.config.models import EventHandler, HeraldConfig
 from streams.errors import ConfigError
 from streams.handlers import CompiledHandler, HandlerIndex, compile_handler
@@ -68,7 +68,7 @@ class RuleSet:
     def _compile_table(self) -> list[CompiledHandler]:
         entries: dict[bytes, bytes] = {}
         for key, blob in list(self.table.items()):
-            if not key.startswith(SEED_PREFIX) and blob is not None:
+            if not key.startswith(RESERVED_PREFIX) and blob is not None:
                 entries[key] = blob
         for name, (blob, digest) in list(self._overlay.items()):
             if self.table.get(SEED_PREFIX + name) == digest:

@@ -4,6 +4,7 @@
   changelog is the rules topic, so publishing `key=name, value=handler JSON` (or a null value
   to delete) to `<consumerGroupId>-rules-changelog` changes the handlers of every worker
   without a restart (`herald rules put` does it after validating).
+  Keys starting with a NUL byte are Herald's own (seed digests, `herald skip` requests).
 - dedupe (RocksDB, partitioned like the actions topic): delivery id → delivered-at ms, and
   `u:<dedupe key>` → expiry ms for user-level deduplication windows.
 
@@ -20,7 +21,12 @@ import faust
 
 from streams.config.models import HeraldConfig
 
-SEED_PREFIX = b"\x00seed:"
+#: Keys of the rules table that are not handlers start with a NUL byte: the digests of the
+#: handlers seeded from the configuration, and the operator's skips of unreadable batches
+#: (`herald skip`, agents.unreadable).
+RESERVED_PREFIX = b"\x00"
+SEED_PREFIX = RESERVED_PREFIX + b"seed:"
+SKIP_PREFIX = RESERVED_PREFIX + b"skip:"
 BYTES = {"key_type": bytes, "value_type": bytes}  # raw serializers: we own the encoding
 
 

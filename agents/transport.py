@@ -9,6 +9,9 @@ Faust lets an app replace its transport classes (`App.transport`, `Transport.Con
   topic) goes through Faust's per-record path unchanged. Which batches are taken and what
   a batch partition may commit is the ledger's decision (`agents.ledger`), never past a record
   in flight and never past a record no batch carried.
+- Nothing in the fetch path kills the worker: a batch that cannot be read stops only its
+  partition (`agents.fetchguard`, then the ledger), and any other error of a fetch is logged
+  and the fetch retried.
 - The aiokafka consumer's `fetch_max_wait_ms` is Herald's setting instead of the 1,500 ms
   faust-streaming 0.15.3 hard-codes: a broker that answers a fetch only at the deadline when
   nothing was waiting (tansu does) otherwise adds up to 1.5 s to every hop.
@@ -16,19 +19,25 @@ Faust lets an app replace its transport classes (`App.transport`, `Transport.Con
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import faust
 from aiokafka import TopicPartition
+from aiokafka.errors import ConsumerStoppedError, RecordTooLargeError
 from faust.transport.conductor import Conductor
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, TopicT
 
+from agents import fetchguard
 from agents.batches import BatchChannel
+from agents.fetchguard import Unreadable
 from agents.ledger import OffsetLedger
+from streams.offsets import Ticket
 
 log = logging.getLogger("herald.transport")
 
@@ -55,6 +64,44 @@ class HeraldConductor(Conductor):
 
 
 class HeraldConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    consumer: HeraldConsumer
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        fetchguard.install(self._consumer, self.consumer.fetch_reports)
+
+    async def _fetch_records(self, consumer: Any, *args: Any, **kwargs: Any) -> Any:
+        """Faust's fetch, never raising what a fetch can meet (the worker would exit): an
+        unreadable record is reported like an unreadable batch, anything else is logged and
+        the fetch tried again after a pause."""
+        try:
+            return await super()._fetch_records(consumer, *args, **kwargs)
+        except (ConsumerStoppedError, asyncio.CancelledError):
+            raise
+        except RecordTooLargeError as exc:
+            found = fetchguard.record_too_large(exc)
+            if found is not None:
+                tp, offset = found
+                self.consumer.fetch_reports.append(
+                    (
+                        tp,
+                        Unreadable(
+                            tp.topic,
+                            tp.partition,
+                            offset,
+                            offset + 1,
+                            repr(exc)[:1000],
+                            time.time(),
+                        ),
+                    )
+                )
+                return {}
+            self.consumer.fetch_errors.append(exc)
+        except Exception as exc:
+            self.consumer.fetch_errors.append(exc)
+        await asyncio.sleep(1.0)
+        return {}
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         wait_ms = getattr(self.app, "fetch_max_wait_ms", None)
@@ -101,6 +148,10 @@ class HeraldConsumer(aiokafka_driver.Consumer):
         self.ledger = OffsetLedger()
         self.ledger.on_revoke(self._tell_revoked)
         self._reposition_failed_at = 0.0
+        #: Filled in the consumer's thread (agents.fetchguard), read here after each fetch.
+        self.fetch_reports: deque[tuple[Any, Unreadable]] = deque()
+        self.fetch_errors: deque[Exception] = deque()
+        self._fetch_error_logged_at = 0.0
 
     def _tell_revoked(self, tps: set[TP]) -> None:
         """The ledger's revoke fan-out: the batch channels drop what they queued, then every
@@ -134,8 +185,69 @@ class HeraldConsumer(aiokafka_driver.Consumer):
                 rest[tp] = batch_records
             elif batch_records:
                 self._hand_over(channel, tp, batch_records, fetched_in, active)
+        self._take_fetch_reports()
         await self._reposition()
         return rest, active
+
+    def _take_fetch_reports(self) -> None:
+        """Stop the partitions whose batch could not be read; log the fetch errors caught."""
+        while self.fetch_errors:
+            exc = self.fetch_errors.popleft()
+            # The fetch is retried; seeking every partition back to where its batches end
+            # costs nothing and covers anything the failed fetch may have moved.
+            self.ledger.unsettle_all()
+            if time.monotonic() - self._fetch_error_logged_at > 10.0:
+                self._fetch_error_logged_at = time.monotonic()
+                log.error("fetching records failed: %r; retrying", exc)
+        while self.fetch_reports:
+            fetched_tp, unreadable = self.fetch_reports.popleft()
+            tp = TP(fetched_tp.topic, fetched_tp.partition)
+            if self._batch_channel(tp.topic) is None:
+                log.error(
+                    "cannot read %s (not a source or actions topic); retrying",
+                    unreadable.describe(),
+                )
+                continue
+            if self.ledger.stop(tp, unreadable):
+                log.error(
+                    "unreadable record batch on integration %s: %s. Partition %s/%s is "
+                    "stopped at offset %d; other partitions keep flowing. To skip the range "
+                    "(its offsets and this reason go to the dead-letter topic): herald skip "
+                    "--topic %s --partition %d --offset %d, or set herald.unreadableBatches: "
+                    "skip",
+                    self._integration(),
+                    unreadable.describe(),
+                    tp.topic,
+                    tp.partition,
+                    unreadable.offset,
+                    tp.topic,
+                    tp.partition,
+                    unreadable.offset,
+                )
+        for tp in self.ledger.stopped():
+            if tp not in self._paused_partitions and self.ledger.caught_up(tp):
+                self.pause_partitions([tp])  # no fetches of it while it waits
+
+    def _integration(self) -> str:
+        runtime = getattr(self.app, "herald", None)
+        return getattr(runtime, "home", "?")
+
+    def skip_unreadable(self, tp: TP, offset: int, end: int) -> Ticket | None:
+        """Skip the unreadable range [offset, end) of a stopped partition: the ledger hands
+        it out as a ticket (the caller finishes it once the range is dead-lettered), the
+        consumer seeks to `end` before its next fetch, and the partition flows again."""
+        ticket = self.ledger.skip(tp, offset, end)
+        if ticket is not None:
+            self.resume_partitions([tp])
+        return ticket
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        stopped = self.ledger.stopped()
+        super().resume_partitions([tp for tp in tps if tp not in stopped])
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        if tp not in self.ledger.stopped():
+            super().on_buffer_drop(tp)
 
     def _hand_over(
         self,

@@ -28,6 +28,8 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
                 "assignedPartitions": assigned,
                 # Partitions with records waiting and no progress for herald.stallSeconds.
                 "stalledPartitions": [stall.describe() for stall in runtime.stalls],
+                # Partitions stopped at a record batch that cannot be read (herald skip).
+                "unreadablePartitions": _unreadable(app, runtime.home),
             }
             return self.json(body, status=200 if ready else 503)
 
@@ -40,4 +42,24 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
                 counters.update(ledger.as_dict())
             return self.json(counters)
 
-    register_ilert_proxy(app, runtime)  # ilagent's HTTP API, when herald.ilertProxy is set
+    register_ilert_proxy(app, runtime)
+
+
+def _unreadable(app: faust.App, integration: str) -> list[dict[str, object]]:
+    ledger = getattr(app.consumer, "ledger", None) if app.consumer else None
+    if ledger is None:
+        return []
+    return [
+        {
+            "integration": integration,
+            "topic": found.topic,
+            "partition": found.partition,
+            "offset": found.offset,
+            "endOffset": found.end,
+            "reason": found.reason,
+            "since": int(found.seen_at * 1000),
+            "skip": f"herald skip --topic {found.topic} --partition {found.partition} "
+            f"--offset {found.offset}",
+        }
+        for found in ledger.stopped().values()
+    ]  # ilagent's HTTP API, when herald.ilertProxy is set

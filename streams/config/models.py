@@ -15,7 +15,17 @@ import re
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
+
+from streams.http1 import InvalidURL, check_url
 
 EVENT_PATTERN = re.compile(r"^kafka:(?:(?P<integration>[^:]+):)?(?P<topic>[^:]+)$")
 # Kafka's legal topic characters. Integration names and the topic prefix end up in topic names
@@ -24,11 +34,27 @@ TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 def _topic_safe(value: str, what: str) -> str:
+    """The value when it can be part of a Kafka topic name; ValueError naming `what` if not."""
     if not TOPIC_NAME.match(value):
         raise ValueError(
             f"{what} {value!r} may only use letters, digits, '.', '_' and '-' "
             "(it becomes part of a Kafka topic name)"
         )
+    return value
+
+
+def requestable_url(value: str) -> str:
+    """The URL when delivery can request it (http1's rule); ValueError saying how to write it.
+
+    For the URLs of targets and registries, which are never templates: a URL no request can
+    use would otherwise fail every delivery, at 3 a.m. instead of at load.
+    """
+    try:
+        check_url(value.strip())
+    except InvalidURL:
+        raise ValueError(
+            "is not an absolute http(s) URL; write it as http(s)://host[:port][/path]"
+        ) from None
     return value
 
 
@@ -122,7 +148,12 @@ class SchemaRegistry(Strict):
     apiKey: SecretStr | None = None
     apiSecret: SecretStr | None = None
     valueSubjectNameStrategy: SubjectNameStrategy = SubjectNameStrategy.TOPIC
-    autoRegisterSchemas: bool = True
+    autoRegisterSchemas: StrictBool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url_form(cls, value: str) -> str:
+        return requestable_url(value)
 
     @field_validator("valueSubjectNameStrategy", mode="before")
     @classmethod
@@ -165,10 +196,10 @@ class Integration(Strict):
     sslClientKeyPath: str | None = None
     sslClientKeyPassword: SecretStr | None = None
     # TLS hostname verification; turning it off is logged as a warning.
-    sslHostnameVerification: bool = True
+    sslHostnameVerification: StrictBool = True
     schemaRegistry: SchemaRegistry | None = None
     description: str = ""
-    active: bool = True
+    active: StrictBool = True
 
     @field_validator("name")
     @classmethod
@@ -231,6 +262,11 @@ class Target(Strict):
     timeoutSeconds: float = Field(default=10.0, gt=0)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
+    @field_validator("baseUrl", "url")
+    @classmethod
+    def _url_form(cls, value: str | None) -> str | None:
+        return None if value is None else requestable_url(value)
+
     @model_validator(mode="after")
     def _has_address(self) -> Target:
         if self.type == "ilert" and not self.baseUrl:
@@ -263,7 +299,7 @@ class Action(Strict):
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
     action: str
-    expandInlineJSON: bool = False
+    expandInlineJSON: StrictBool = False
     dedupe: Dedupe | None = None
     orderingKey: str | None = None
 
@@ -286,7 +322,7 @@ class EventHandler(Strict):
     condition: str | None = None
     evaluatorType: Literal["javascript", "graaljs", "value-param"] = "javascript"
     actions: list[Action] = Field(min_length=1)
-    active: bool = False
+    active: StrictBool = False
     description: str = ""
     tags: list[Any] = Field(default_factory=list)
     createdBy: str | None = None
@@ -364,11 +400,15 @@ class HeraldSettings(Strict):
     # Faust's check at table recovery that the local RocksDB state is not ahead of its
     # changelog (it is, after topics were deleted and recreated). Only for brokers whose high
     # watermark lags acknowledged writes, such as the embedded tansu, set it to false.
-    recoveryConsistencyCheck: bool = True
+    recoveryConsistencyCheck: StrictBool = True
     extraSourceTopics: list[str] = Field(default_factory=list)  # for handlers added at runtime
     # A partition with records waiting and no progress for this long is reported as stalled:
     # an error in the log, `stalledPartitions` on /ready, `stalls` on /herald/stats.
     stallSeconds: float = Field(default=60.0, gt=0)
+    # A fetched record batch that cannot be read (corrupt, unknown codec, a record over the
+    # consumer's limits) stops its partition: `stop` waits for `herald skip`, `skip` skips
+    # it at once. Either way the skipped offsets and the reason go to the dead-letter topic.
+    unreadableBatches: Literal["stop", "skip"] = "stop"
     # Ping ilert heartbeats from the leader worker (ilagent's -b), and serve ilert's event API
     # on the web port (ilagent's -p): see agents/heartbeats.py and agents/ilagent_api.py.
     heartbeats: list[HeartbeatPing] = Field(default_factory=list)

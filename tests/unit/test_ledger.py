@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from faust.types import TP
 
+from agents.fetchguard import Unreadable
 from agents.ledger import OffsetLedger
 from streams.offsets import PartitionProgress, Verdict
 
@@ -163,3 +164,56 @@ def test_a_partition_without_progress_and_with_lag_is_reported_as_stalled() -> N
     assert ledger.stall_count == 1  # one episode, counted once
     taken.ticket.done()
     assert ledger.stalls(lambda tp: 10, after=0) == []  # caught up: no lag, nothing in flight
+
+
+def unreadable(offset: int, end: int | None) -> Unreadable:
+    return Unreadable("source", 0, offset, end, "CorruptRecordException: Invalid CRC")
+
+
+def test_an_unreadable_batch_stops_the_partition_and_a_skip_is_committed_only_when_recorded() -> (
+    None
+):
+    ledger = anchored_ledger(at=100)
+    first = ledger.admit(P0, batch(100, 109), 1, True)
+    assert first is not None
+    assert ledger.stop(P0, unreadable(110, 115))
+    assert not ledger.stop(P0, unreadable(110, 115))  # the same report again is no news
+    assert ledger.caught_up(P0)
+    # A fetch that reaches past the stop (aiokafka moved on after a too-large record) is cut.
+    assert ledger.admit(P0, batch(110, 130), 1, True) is None
+    _, seek = ledger.repositions()
+    ledger.sought(P0, seek[P0])
+    first.ticket.done()
+    assert ledger.committable(P0) == 110
+    ticket = ledger.skip(P0, 110, 115)
+    assert ticket is not None and ledger.stopped() == {}
+    _, seek = ledger.repositions()
+    assert seek == {P0: 115}  # the consumer seeks past the range before the next fetch
+    ledger.sought(P0, 115)
+    after = ledger.admit(P0, batch(115, 120), 1, True)
+    assert after is not None
+    after.ticket.done()
+    assert ledger.committable(P0) == 110  # the skipped range is not recorded yet
+    ticket.done()
+    assert ledger.committable(P0) == 121
+
+
+def test_records_before_the_unreadable_batch_are_taken_and_a_skip_waits_for_them() -> None:
+    ledger = anchored_ledger(at=100)
+    assert ledger.stop(P0, unreadable(110, None))
+    assert not ledger.caught_up(P0)
+    assert ledger.skip(P0, 110, 111) is None  # 100..109 are not handed out yet
+    taken = ledger.admit(P0, batch(100, 120), 1, True)
+    assert taken is not None and taken.records[-1].offset == 109
+    assert ledger.caught_up(P0)
+    assert unreadable(110, None).skip_to == 111  # a header that could not be read either
+    assert ledger.skip(P0, 110, 111) is not None
+
+
+def test_a_stale_report_and_a_revoked_partition_are_not_stopped() -> None:
+    ledger = anchored_ledger(at=100)
+    ledger.admit(P0, batch(100, 119), 1, True)
+    assert not ledger.stop(P0, unreadable(110, 115))  # behind what was handed out already
+    assert ledger.stop(P0, unreadable(120, 125))
+    ledger.revoke({P0})
+    assert ledger.stopped() == {}

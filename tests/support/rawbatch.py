@@ -1,0 +1,70 @@
+"""Write record batches byte for byte, including ones no client library would write.
+
+Kafka clients never produce a corrupt batch, but a consumer still meets them (a disk or a
+proxy that damaged data, a broker that does not validate, as the embedded tansu does not).
+Here batches are built with aiokafka's own `DefaultRecordBatchBuilder` and sent with a plain
+`ProduceRequest`, so a test can damage one first: `corrupt_crc` flips a payload byte and
+keeps the stale CRC, which every Kafka consumer checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import orjson
+from aiokafka import TopicPartition
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.produce import ProduceRequest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+
+def build_batch(values: Iterable[dict], key: bytes | None = None) -> bytearray:
+    """One uncompressed v2 record batch of JSON values (offsets assigned by the broker)."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 22,
+    )
+    for delta, value in enumerate(values):
+        builder.append(delta, timestamp=None, key=key, value=orjson.dumps(value), headers=[])
+    return bytearray(builder.build())
+
+
+def corrupt_crc(batch: bytearray) -> bytearray:
+    """Damage the last record's bytes; the batch's CRC no longer matches."""
+    batch[-2] ^= 0xFF
+    return batch
+
+
+async def _send(bootstrap: str, topic: str, partition: int, batches: list[bytes]) -> list[int]:
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        await client.force_metadata_update()
+        leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        offsets = []
+        for batch in batches:
+            request = ProduceRequest(
+                transactional_id=None,
+                required_acks=-1,
+                timeout=30_000,
+                topics=[(topic, [(partition, bytes(batch))])],
+            )
+            response = await client.send(leader, request)
+            (_, [(_, error, offset, *_)]) = response.topics[0]
+            if error:
+                raise RuntimeError(f"the broker refused the batch: error {error}")
+            offsets.append(offset)
+        return offsets
+    finally:
+        await client.close()
+
+
+def produce_batches(bootstrap: str, topic: str, partition: int, batches: list[bytes]) -> list[int]:
+    """Send each batch as it is; return the base offset the broker gave each."""
+    return asyncio.run(_send(bootstrap, topic, partition, batches))
