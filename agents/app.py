@@ -19,6 +19,7 @@ from faust.types import TP
 from agents.batches import BatchChannel
 from agents.connectivity import broker_credentials
 from agents.heartbeats import register_heartbeats
+from agents.limits import record_limit, topic_limits
 from agents.monitor import HeraldMonitor
 from agents.rules import RuleSet
 from agents.runtime import Runtime
@@ -31,7 +32,7 @@ from agents.unreadable import register_skipper
 from agents.views import register_views
 from streams.config.capabilities import check_supported
 from streams.config.loader import config_path_from_env, load_config
-from streams.config.models import HeraldConfig
+from streams.config.models import HeraldConfig, Integration
 from streams.errors import ConfigError
 from streams.handlers import compile_all
 
@@ -78,6 +79,8 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
         stream_wait_empty=False,
         producer_acks=-1,
         producer_linger=settings.producerLingerMs / 1000.0,
+        producer_compression_type=home.producer_compression,
+        producer_max_request_size=home.maxRequestSize,
         broker_commit_interval=settings.commitIntervalSeconds,
         broker_session_timeout=settings.sessionTimeoutSeconds,
         recovery_consistency_check=settings.recoveryConsistencyCheck,
@@ -93,12 +96,18 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
     app.herald = runtime  # type: ignore[attr-defined]
 
     buffered = settings.maxInFlight * 16
+    source: SourceRunner | None = None
     if topics.sources is not None:
         source = SourceRunner(runtime, batch_channel(app, topics.sources, buffered))
 
         @app.task
         async def route() -> None:
             await source.run()
+
+        @app.task
+        async def read_topic_limits() -> None:
+            assert source is not None
+            await fit_to_topic_limits(source, home, [topics.actions, *topics.dead_letters.values()])
 
     sink = SinkRunner(runtime, batch_channel(app, topics.actions, buffered))
 
@@ -138,6 +147,24 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
     register_views(app, runtime)
     register_heartbeats(app, runtime)
     return app
+
+
+async def fit_to_topic_limits(
+    source: SourceRunner, home: Integration, topics: list[faust.TopicT]
+) -> None:
+    """Lower the source agent's record limit to the topics' max.message.bytes, where the
+    broker says it (agents.limits)."""
+    names = [topic.get_topic_name() for topic in topics]
+    limits = await topic_limits(home, names)
+    if limits:
+        source.max_record_bytes = record_limit(home.maxRequestSize, limits.values())
+        log.info(
+            "records to %s fitted under %d bytes (maxRequestSize %d, max.message.bytes %s)",
+            ", ".join(names),
+            source.max_record_bytes,
+            home.maxRequestSize,
+            limits,
+        )
 
 
 def _highwater(consumer: faust.types.ConsumerT) -> Callable[[TP], int | None]:

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import faust
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
 
 from agents.rules import RuleSet
 from agents.tables import Tables
@@ -158,6 +159,13 @@ class Runtime:
             raise DeliveryError(
                 f"publish: no integration named {name!r}", retryable=False
             ) from None
+        except MessageSizeTooLargeError as exc:  # the producer's or the broker's limit
+            size = len(value or b"") + len(key or b"")
+            raise DeliveryError(
+                f"publish to {name}:{topic}: the record ({size} bytes) is over the size limit "
+                f"(the integration's maxRequestSize or the topic's max.message.bytes): {exc}",
+                retryable=False,
+            ) from None
         except Exception as exc:  # the client's errors: all transient from our point of view
             raise DeliveryError(
                 f"publish to {name}:{topic} failed: {exc.__class__.__name__}: {exc}",
@@ -169,7 +177,12 @@ class Runtime:
         producer = self._producers.get(name)
         if producer is None:
             integration = self.config.integration(name)
-            producer = AIOKafkaProducer(acks="all", **aiokafka_kwargs(integration))
+            producer = AIOKafkaProducer(
+                acks="all",
+                compression_type=integration.producer_compression,
+                max_request_size=integration.maxRequestSize,
+                **aiokafka_kwargs(integration),
+            )
             try:
                 await producer.start()
             except Exception:

@@ -7,6 +7,11 @@ crash never loses a matched message; it repeats at most the batches in flight.
 
 Produces are pipelined: the agent evaluates the next batch while earlier batches' produces are
 in flight, up to `maxInFlight * 16` unacknowledged records.
+
+Nothing in the produce path stops the worker (issue 10): a record the broker refuses as too
+large becomes a dead letter that fits, and any other failed produce (the broker unreachable
+past the producer's own retries) is sent again with backoff while the batch stays unfinished,
+so its offsets are not committed meanwhile.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
+from aiokafka.errors import MessageSizeTooLargeError
+
 from agents.batches import Batch, BatchChannel
+from agents.limits import record_limit
 from agents.runtime import Runtime
 from streams import codecs, routing
 from streams.actions.base import ActionRequest
@@ -69,15 +77,10 @@ async def route(
     return routing.route(handlers, envelope, codec)
 
 
-#: What a produced record carries besides key and value (record and batch headers), with room.
-RECORD_OVERHEAD = 1024
-
-
 def max_record_bytes(max_request_size: int) -> int:
-    """The largest key + value + headers Herald produces: the producer refuses a record whose
-    serialized size exceeds its `max_request_size` (aiokafka's MessageSizeTooLargeError),
-    and that refusal must never reach the agent."""
-    return max(max_request_size - RECORD_OVERHEAD, 1024)
+    """The largest key + value + headers Herald produces under the producer's limit alone
+    (agents.limits adds the topics' max.message.bytes once the broker said them)."""
+    return record_limit(max_request_size, ())
 
 
 @dataclass(slots=True)
@@ -107,29 +110,77 @@ def fit_to_limit(evaluation: Evaluation, envelope: Envelope, limit: int) -> Outg
                 envelope,
                 "size",
                 f"the action request is {size} bytes, over the producer's limit of {limit} "
-                "bytes (producer max request size); the source record is at "
-                f"{envelope.topic}/{envelope.partition}@{envelope.offset}",
+                "bytes (the integration's maxRequestSize, or the topic's max.message.bytes); "
+                f"the source record is at {envelope.topic}/{envelope.partition}@"
+                f"{envelope.offset}",
                 handler=request.handler,
                 action=request.action,
                 index=request.index,
             )
         )
-    fitted: list[tuple[DeadLetter, bytes]] = []
-    for letter in letters:
-        value = letter.to_bytes()
-        size = len(value) + len(letter.key or b"")
-        if size > limit:
-            raw = len(envelope.raw_value or b"")
-            letter = replace(
-                letter,
-                value=None,
-                reason=f"{letter.reason[:2000]} (the original value, {raw} bytes, is not "
-                f"included: with it the dead letter would be {size} bytes, over the limit of "
-                f"{limit}; read it at {envelope.topic}/{envelope.partition}@{envelope.offset})",
-            )
-            value = letter.to_bytes()
-        fitted.append((letter, value))
+    fitted = [fit_letter(letter, envelope, limit) for letter in letters]
     return Outgoing(bool(evaluation.requests), requests, fitted)
+
+
+def fit_letter(letter: DeadLetter, envelope: Envelope, limit: int) -> tuple[DeadLetter, bytes]:
+    """The dead letter and its bytes, without the original value when with it the letter
+    would be over `limit`: the reason says so and where the value can be read."""
+    value = letter.to_bytes()
+    size = len(value) + len(letter.key or b"")
+    if size > limit:
+        raw = len(envelope.raw_value or b"")
+        letter = replace(
+            letter,
+            value=None,
+            reason=f"{letter.reason[:2000]} (the original value, {raw} bytes, is not "
+            f"included: with it the dead letter would be {size} bytes, over the limit of "
+            f"{limit}; read it at {envelope.topic}/{envelope.partition}@{envelope.offset})",
+        )
+        value = letter.to_bytes()
+    return letter, value
+
+
+def refused_as_too_large(
+    envelope: Envelope, letter: DeadLetter | None, request: ActionRequest | None, error: Exception
+) -> tuple[DeadLetter, bytes]:
+    """What to write instead of a record the broker refused as too large (its topic's
+    max.message.bytes is lower than Herald knew): a dead letter without the original value,
+    which always fits."""
+    if request is not None:
+        letter = for_envelope(
+            envelope,
+            "size",
+            f"the broker refused the action request as too large ({error!r}); the source "
+            f"record is at {envelope.topic}/{envelope.partition}@{envelope.offset}",
+            handler=request.handler,
+            action=request.action,
+            index=request.index,
+        )
+    assert letter is not None
+    letter = replace(
+        letter,
+        value=None,
+        reason=f"{letter.reason[:2000]} (the broker refused the dead letter with the "
+        f"original value as too large: read the value at {envelope.topic}/"
+        f"{envelope.partition}@{envelope.offset})"
+        if request is None
+        else letter.reason,
+    )
+    return letter, letter.to_bytes()
+
+
+#: One produced record, kept until its batch is acknowledged so a failed produce can be sent
+#: again: (ack future, topic, key, value, headers, source envelope, request, dead letter).
+Sent = tuple[
+    asyncio.Future,
+    str,
+    bytes | None,
+    bytes,
+    Any,
+    Envelope,
+    ActionRequest | None,
+    DeadLetter | None,
+]
 
 
 class SourceRunner:
@@ -142,6 +193,7 @@ class SourceRunner:
         self._pending: deque[tuple[int, asyncio.Future]] = deque()  # (records, all produced)
         self._pending_records = 0
         self.actions_topic = runtime.topics.actions.get_topic_name()
+        #: Lowered by `agents.limits` once the broker gave its topics' max.message.bytes.
         self.max_record_bytes = max_record_bytes(runtime.app.conf.producer_max_request_size)
 
     async def run(self) -> None:
@@ -162,7 +214,7 @@ class SourceRunner:
             return
         sync = runtime.codec_for(home) is None
         limit = self.max_record_bytes
-        futures: list[asyncio.Future] = []
+        sent: list[Sent] = []
         for record in batch.records:
             envelope = envelope_of(record, home)
             try:
@@ -171,19 +223,20 @@ class SourceRunner:
                 else:
                     evaluation = await route(runtime, handlers, envelope)
                 if evaluation.requests or evaluation.dead_letters:
-                    futures += await self._produce(fit_to_limit(evaluation, envelope, limit))
+                    outgoing = fit_to_limit(evaluation, envelope, limit)
+                    await self._produce(outgoing, envelope, sent)
             except Exception as exc:  # a bug, not bad data: dead-letter rather than lose it
                 log.exception("internal error routing %s/%s@%s", *batch.tp, record.offset)
                 letter = for_envelope(envelope, "internal", repr(exc))
                 evaluation = Evaluation(dead_letters=[letter])
-                futures += await self._produce(fit_to_limit(evaluation, envelope, limit))
-        if not futures:
+                await self._produce(fit_to_limit(evaluation, envelope, limit), envelope, sent)
+        if not sent:
             batch.ticket.done()
             return
-        done = asyncio.gather(*futures)
-        done.add_done_callback(lambda fut, b=batch: self._on_produced(fut, b))
-        self._pending.append((len(futures), done))
-        self._pending_records += len(futures)
+        done = asyncio.gather(*(item[0] for item in sent), return_exceptions=True)
+        done.add_done_callback(lambda fut, b=batch, s=sent: self._on_produced(fut, b, s))
+        self._pending.append((len(sent), done))
+        self._pending_records += len(sent)
         while self._pending_records > self.max_pending:
             count, oldest = self._pending.popleft()
             self._pending_records -= count
@@ -191,17 +244,16 @@ class SourceRunner:
         while self._pending and self._pending[0][1].done():
             self._pending_records -= self._pending.popleft()[0]
 
-    async def _produce(self, outgoing: Outgoing) -> list[asyncio.Future]:
+    async def _produce(self, outgoing: Outgoing, envelope: Envelope, sent: list[Sent]) -> None:
         # Straight to Faust's producer: a Topic.send builds a FutureMessage, runs the monitor
         # and callbacks, about 10 µs per record that nothing here uses.
         send = self.runtime.app.producer.send
-        topics = self.runtime.topics
-        futures: list[asyncio.Future] = []
         if outgoing.matched:
             self.runtime.counters.matched += 1
         actions = self.actions_topic
-        for _request, key, value in outgoing.requests:
-            futures.append(await send(actions, key, value, None, None, None))
+        for request, key, value in outgoing.requests:
+            fut = await send(actions, key, value, None, None, None)
+            sent.append((fut, actions, key, value, None, envelope, request, None))
         self.runtime.counters.actions_produced += len(outgoing.requests)
         for letter, value in outgoing.dead_letters:
             log.warning(
@@ -212,19 +264,71 @@ class SourceRunner:
                 letter.stage,
                 letter.reason,
             )
-            futures.append(
-                await topics.dlq(letter.integration).send(
-                    key=letter.key, value=value, headers=letter.headers(), force=True
-                )
-            )
+            topic, headers = self._dlq(letter)
+            fut = await send(topic, letter.key, value, None, None, headers)
+            sent.append((fut, topic, letter.key, value, headers, envelope, None, letter))
         self.runtime.counters.dead_lettered += len(outgoing.dead_letters)
-        return futures
 
-    def _on_produced(self, fut: asyncio.Future, batch: Batch) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            error = fut.exception() if not fut.cancelled() else "cancelled"
-            # Not done: the batch will be consumed again. The worker must stop so it is.
-            log.error("could not produce action records for %s: %s; stopping", batch.tp, error)
-            asyncio.ensure_future(self.runtime.app.crash(RuntimeError(str(error))))
+    def _dlq(self, letter: DeadLetter) -> tuple[str, list[tuple[str, bytes]]]:
+        return self.runtime.topics.dlq(letter.integration).get_topic_name(), letter.headers()
+
+    def _on_produced(self, fut: asyncio.Future, batch: Batch, sent: list[Sent]) -> None:
+        results = [] if fut.cancelled() else fut.result()
+        if not fut.cancelled() and not any(isinstance(r, BaseException) for r in results):
+            batch.ticket.done()
             return
+        # Not done: the batch stays unfinished (uncommitted) until every record is written.
+        asyncio.ensure_future(self._repair(batch, sent))
+
+    async def _repair(self, batch: Batch, sent: list[Sent]) -> None:
+        """Write again what the broker did not take, until it does (a refusal as too large
+        becomes a dead letter that fits); then the batch is done. A revoked batch is left to
+        the partition's next owner."""
+        send = self.runtime.app.producer.send
+        delay = 0.5
+        for item in sent:
+            fut, topic, key, value, headers, envelope, request, letter = item
+            while True:
+                error = _failure(fut)
+                if error is None:
+                    break
+                if batch.ticket.stale:
+                    return
+                if isinstance(error, MessageSizeTooLargeError):
+                    replacement, value = refused_as_too_large(envelope, letter, request, error)
+                    log.error(
+                        "the broker refused a record of %s bytes for %s (%r); dead-lettering "
+                        "%s/%s@%s instead",
+                        len(item[3]),
+                        topic,
+                        error,
+                        envelope.topic,
+                        envelope.partition,
+                        envelope.offset,
+                    )
+                    topic, headers = self._dlq(replacement)
+                    key, letter, request = replacement.key, replacement, None
+                    self.runtime.counters.dead_lettered += 1
+                else:
+                    log.error(
+                        "could not produce to %s for %s (%r); retrying in %.1fs",
+                        topic,
+                        batch.tp,
+                        error,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                try:
+                    fut = await send(topic, key, value, None, None, headers)
+                    await asyncio.wait([fut])
+                except Exception as exc:  # the send itself refused: same handling, next turn
+                    fut = asyncio.get_running_loop().create_future()
+                    fut.set_exception(exc)
         batch.ticket.done()
+
+
+def _failure(fut: asyncio.Future) -> BaseException | None:
+    if fut.cancelled():
+        return asyncio.CancelledError()
+    return fut.exception()

@@ -33,7 +33,7 @@ EVENT_PATTERN = re.compile(r"^kafka:(?:(?P<integration>[^:]+):)?(?P<topic>[^:]+)
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
-def _topic_safe(value: str, what: str) -> str:
+def topic_safe(value: str, what: str) -> str:
     """The value when it can be part of a Kafka topic name; ValueError naming `what` if not."""
     if not TOPIC_NAME.match(value):
         raise ValueError(
@@ -181,6 +181,11 @@ class SchemaRegistry(Strict):
 class Integration(Strict):
     """A named Kafka connection with the Orkes integration field names."""
 
+    @property
+    def producer_compression(self) -> str | None:
+        """compressionType as aiokafka and Faust take it (None: uncompressed)."""
+        return None if self.compressionType == "none" else self.compressionType
+
     name: str = Field(min_length=1)
     bootstrapServers: str = Field(min_length=1)
     consumerGroupId: str = "herald"
@@ -198,13 +203,19 @@ class Integration(Strict):
     # TLS hostname verification; turning it off is logged as a warning.
     sslHostnameVerification: StrictBool = True
     schemaRegistry: SchemaRegistry | None = None
+    # What Herald's producers on this cluster write (not Orkes fields): Kafka's producer
+    # compression.type (none, gzip, snappy, lz4, zstd; default none, as Kafka's producer) and
+    # max.request.size (default 1 MiB, as Kafka's). Records that would not fit are
+    # dead-lettered with their coordinates instead (the topic's max.message.bytes counts too).
+    compressionType: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    maxRequestSize: int = Field(default=1_048_576, ge=16_384, le=1_073_741_824)
     description: str = ""
     active: StrictBool = True
 
     @field_validator("name")
     @classmethod
     def _name_form(cls, value: str) -> str:
-        return _topic_safe(value, "integration name")
+        return topic_safe(value, "integration name")
 
     @field_validator("connectionSecurity")
     @classmethod
@@ -340,7 +351,7 @@ class EventHandler(Strict):
             raise ValueError(
                 f"event {value!r} must be 'kafka:<integration>:<topic>' or 'kafka:<topic>'"
             )
-        _topic_safe(match.group("topic"), "topic")
+        topic_safe(match.group("topic"), "topic")
         return value
 
     @property
@@ -417,7 +428,7 @@ class HeraldSettings(Strict):
     @field_validator("topicPrefix")
     @classmethod
     def _prefix_form(cls, value: str) -> str:
-        return _topic_safe(value, "topicPrefix")
+        return topic_safe(value, "topicPrefix")
 
 
 class HeraldConfig(Strict):

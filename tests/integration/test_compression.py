@@ -15,9 +15,10 @@ from confluent_kafka import Producer
 
 from agents.embedded.broker import EmbeddedBroker
 from agents.embedded.receiver import Receiver
-from tests.integration.test_guarantees import wait_all
+from tests.integration.test_guarantees import messages, numbered_handler, wait_all
 from tests.support.herald import HeraldDeployment, webhook_target
 from tests.support.kafka import consume, produce
+from tests.support.rawbatch import batch_codecs
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 PER_CODEC = 200
@@ -108,5 +109,33 @@ def test_a_record_too_large_to_forward_is_dead_lettered_and_the_rest_flows(
         assert letter["source"]["offset"] == 50
         assert "over the producer's limit" in letter["reason"]
         assert letter["value"] is None  # 5 MB do not fit in a dead letter either
+    finally:
+        herald.stop()
+
+
+def test_herald_writes_its_own_records_with_the_integrations_compression_type(
+    broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
+) -> None:
+    """`compressionType: zstd` on the integration: the action requests and execution records
+    Herald writes are zstd batches (Kafka's producer default, none, before)."""
+    topic = unique_topic("zstd")
+    herald = HeraldDeployment(
+        tmp_path,
+        broker.bootstrap,
+        handlers=[numbered_handler(topic)],
+        targets=[webhook_target(receiver.url)],
+        integration={"compressionType": "zstd"},
+        source_partitions=1,
+    )
+    try:
+        produce(broker.bootstrap, topic, messages(300, 5))
+        worker = herald.start_worker()
+        wait_all(receiver, set(range(300)), timeout=90)
+        actions = batch_codecs(broker.bootstrap, f"{herald.prefix}-actions", 4)
+        executions = batch_codecs(broker.bootstrap, herald.executions_topic, 4)
+        print(f"\nbatch codecs: actions {set(actions)}, executions {set(executions)}")
+        assert actions and set(actions) == {4}
+        assert executions and set(executions) == {4}
+        assert worker.running
     finally:
         herald.stop()

@@ -68,3 +68,40 @@ async def _send(bootstrap: str, topic: str, partition: int, batches: list[bytes]
 def produce_batches(bootstrap: str, topic: str, partition: int, batches: list[bytes]) -> list[int]:
     """Send each batch as it is; return the base offset the broker gave each."""
     return asyncio.run(_send(bootstrap, topic, partition, batches))
+
+
+async def _codecs(bootstrap: str, topic: str, partitions: int) -> list[int]:
+    from aiokafka.protocol.fetch import FetchRequest
+    from aiokafka.record.memory_records import MemoryRecords
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    codecs: list[int] = []
+    try:
+        await client.force_metadata_update()
+        for partition in range(partitions):
+            leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+            request = FetchRequest(
+                max_wait_time=100,
+                min_bytes=1,
+                max_bytes=50 << 20,
+                isolation_level=0,
+                topics=[(topic, [(partition, 0, 50 << 20)])],
+            )
+            response = await client.send(leader, request)
+            for _topic, parts in response.topics:
+                for _partition, error, _highwater, *data in parts:
+                    if error:
+                        raise RuntimeError(f"fetch error {error}")
+                    records = MemoryRecords(data[-1])
+                    while records.has_next():
+                        codecs.append(records.next_batch().compression_type)
+        return codecs
+    finally:
+        await client.close()
+
+
+def batch_codecs(bootstrap: str, topic: str, partitions: int) -> list[int]:
+    """The compression codec (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd) of every record batch
+    stored in `topic`, read with a plain FetchRequest so nothing decodes them first."""
+    return asyncio.run(_codecs(bootstrap, topic, partitions))

@@ -285,7 +285,8 @@ def test_unknown_field_lists_the_allowed_ones() -> None:
         "'bootstrapServer'; remove it or use one of: name, bootstrapServers, consumerGroupId, "
         "sendingProtocol, connectionSecurity, username, password, truststoreType, "
         "truststorePath, truststorePassword, sslClientCertificatePath, sslClientKeyPath, "
-        "sslClientKeyPassword, sslHostnameVerification, schemaRegistry, description, active",
+        "sslClientKeyPassword, sslHostnameVerification, schemaRegistry, compressionType, "
+        "maxRequestSize, description, active",
     ]
 
 
