@@ -1,4 +1,8 @@
-"""Health, readiness and counters over Faust's web server."""
+"""Health, readiness and counters over Faust's web server.
+
+Every answer is scrubbed of registered secret values (`streams.secrets`) as it is built:
+readiness lists reasons (a stall, an unreadable batch) whose text comes from elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from faust.web import Request, Response, View
 
 from agents.ilagent_api import register_ilert_proxy
 from agents.runtime import Runtime
+from streams.secrets import scrub_data
 
 
 def register_views(app: faust.App, runtime: Runtime) -> None:
@@ -31,7 +36,7 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
                 # Partitions stopped at a record batch that cannot be read (herald skip).
                 "unreadablePartitions": _unreadable(app, runtime.home),
             }
-            return self.json(body, status=200 if ready else 503)
+            return self.json(scrub_data(body), status=200 if ready else 503)
 
     @app.page("/herald/stats")
     class Stats(View):
@@ -40,7 +45,7 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
             ledger = getattr(app.consumer, "ledger", None)
             if ledger is not None:
                 counters.update(ledger.as_dict())
-            return self.json(counters)
+            return self.json(scrub_data(counters))
 
     register_ilert_proxy(app, runtime)
 

@@ -4,6 +4,11 @@ STRING integrations carry text; a value that is JSON becomes JSON data (so condi
 `$.type`), anything else stays a string, as Conductor's Kafka queue does. A null value (a
 tombstone) is None. Bytes that are not UTF-8 cannot be a STRING message: DecodeError, which
 dead-letters the record with its original bytes.
+
+Valid JSON nested deeper than the parser's limit (`JSON_DEPTH_LIMIT`, orjson's) cannot become
+data; taking it as text would make every condition false and the event would disappear with
+no trace, so it is a DecodeError too ("JSON nested deeper than 1024 levels"): dead-lettered
+at the decode stage with its bytes.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from typing import Any
 import orjson
 
 from streams.errors import DecodeError
+
+#: orjson's nesting limit: arrays and objects deeper than this do not parse.
+JSON_DEPTH_LIMIT = 1024
 
 
 def decode_text(data: bytes | None, what: str = "value") -> str | None:
@@ -38,9 +46,22 @@ def decode_string_value(data: bytes | None) -> Any:
     ):
         try:
             return orjson.loads(data)  # type: ignore[arg-type]
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError as exc:
+            if _too_deep(exc):  # JSON, just deeper than the parser goes
+                raise DecodeError(
+                    f"value is JSON nested deeper than {JSON_DEPTH_LIMIT} levels (the parser's "
+                    f"limit; it opens level {JSON_DEPTH_LIMIT + 1} at character {exc.pos}); "
+                    "flatten it, or send it as a JSON string"
+                ) from None
             return text
     return text
+
+
+def _too_deep(exc: orjson.JSONDecodeError) -> bool:
+    """orjson's error for nesting past its limit ("depth limit exceeded"; older releases said
+    "Recursion limit reached")."""
+    message = str(exc).lower()
+    return "depth limit" in message or "recursion limit" in message
 
 
 def decode_key(data: bytes | None) -> str | None:

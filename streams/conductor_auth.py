@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from streams import secrets
 from streams.config.models import Target
 from streams.delivery import classify_status
 from streams.errors import DeliveryError
@@ -180,6 +181,7 @@ class TokenCache:
                 retryable=True,
                 status=status,
             )
+        secrets.register(token)  # a live credential: masked wherever it might be echoed
         expiry = jwt_expiry(token)
         renew_at = (expiry if expiry is not None else now + DEFAULT_TTL_SECONDS) - (
             RENEW_MARGIN_SECONDS

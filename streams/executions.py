@@ -3,6 +3,12 @@
 `{id, messageId, handler, event, action, status, attempts, error, result, payload, at}` with
 status COMPLETED, FAILED, SKIPPED or DEAD_LETTERED. `id` is the delivery id (the same value
 sent as `Idempotency-Key`). Payloads are redacted: no integration keys or other secrets.
+
+`to_bytes` is where a record leaves the process, so it is where secrets are scrubbed by value
+(`streams.secrets`): an error that quotes a receiver's answer echoing the request
+(`Authorization: Bearer <token>`), a result or a payload holding a resolved secret. It checks
+the serialized record once and scrubs field by field only when a secret is in it, so the
+common record costs one search, not a walk.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 import orjson
 
 from streams.actions.base import ActionRequest
+from streams.secrets import scrub_json
 
 COMPLETED = "COMPLETED"
 FAILED = "FAILED"
@@ -48,4 +55,5 @@ def record(
 
 
 def to_bytes(rec: dict[str, Any]) -> bytes:
-    return orjson.dumps(rec)
+    """The record as JSON, with no registered secret value in any of its fields."""
+    return scrub_json(rec, orjson.dumps(rec))

@@ -34,10 +34,9 @@ from typing import Any
 
 from streams.config.models import Integration, TruststoreType
 from streams.errors import HeraldError
+from streams.secrets import MASK, scrub
 
 log = logging.getLogger("herald.security")
-
-MASK = "***"
 
 
 class SecurityError(HeraldError):
@@ -402,7 +401,9 @@ def _broker_text(exc: BaseException) -> str:
 
 
 def redact(text: str, integration: Integration) -> str:
-    """Mask every secret of the integration that appears in `text`."""
+    """Mask every secret of the integration that appears in `text`, then every other secret
+    value the process registered (`streams.secrets`): the integration's own secrets are
+    masked here even when it was built without the loader (tests, tools)."""
     secrets = [
         integration.password,
         integration.truststorePassword,
@@ -415,7 +416,7 @@ def redact(text: str, integration: Integration) -> str:
         value = secret.get_secret_value() if secret is not None else ""
         if len(value) >= 3:
             text = text.replace(value, MASK)
-    return text
+    return scrub(text)
 
 
 # --------------------------------------------------------------------------- probing

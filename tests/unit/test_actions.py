@@ -446,7 +446,11 @@ def test_dead_letter_round_trip() -> None:
     assert again == letter
     assert again.key == b"\xff\x01key"
     assert base64.b64decode(again.value or "") == b'{"type": "ALARM"}'
-    assert again.headers() == [("herald-dlq-stage", b"template"), ("herald-dlq-reason", b"bad")]
+    assert again.headers() == [
+        ("herald-dlq-id", letter.id.encode()),
+        ("herald-dlq-stage", b"template"),
+        ("herald-dlq-reason", b"bad"),
+    ]
 
 
 def test_envelope_of_restores_the_records_identity() -> None:

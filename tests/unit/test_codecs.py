@@ -105,3 +105,49 @@ def test_decode_headers_from_a_mapping_and_none() -> None:
     assert decode_headers({"a": b"1", "b": 2}) == {"a": "1", "b": "2"}
     assert decode_headers(None) == {}
     assert decode_headers([]) == {}
+
+
+@pytest.mark.parametrize("depth", [1025, 1100, 10_000])
+@pytest.mark.parametrize(("open_", "close"), [("[", "]"), ('{"a":', "}")])
+def test_json_deeper_than_the_parser_goes_is_a_decode_error_not_text(
+    depth: int, open_: str, close: str
+) -> None:
+    data = (open_ * depth + "1" * (open_ != "[") + close * depth).encode()
+
+    with pytest.raises(DecodeError, match="JSON nested deeper than 1024 levels"):
+        decode_string_value(data)
+
+
+def test_json_at_the_parsers_depth_limit_is_data() -> None:
+    value = decode_string_value(b"[" * 1024 + b"]" * 1024)
+
+    assert isinstance(value, list)
+
+
+def test_deep_json_record_is_dead_lettered_at_the_decode_stage_with_its_bytes() -> None:
+    import base64
+
+    from streams.deadletter import DeadLetter
+    from streams.message import Envelope
+    from streams.routing import decode
+
+    raw = b'{"type": "ALARM", "d": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    envelope = Envelope(
+        value=None,
+        topic="alarms",
+        partition=0,
+        offset=3,
+        integration="local",
+        key=None,
+        headers={},
+        timestamp=None,
+        raw_value=raw,
+        raw_key=None,
+    )
+
+    letter = decode(envelope)
+
+    assert isinstance(letter, DeadLetter)
+    assert letter.stage == "decode"
+    assert "JSON nested deeper than 1024 levels" in letter.reason
+    assert base64.b64decode(letter.value or "") == raw
