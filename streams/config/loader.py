@@ -44,6 +44,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from streams import secrets
 from streams.actions.registry import ACTIONS
 from streams.config.models import (
     CONDUCTOR_BOOKKEEPING,
@@ -103,6 +104,8 @@ def load_config(
     if run.problems:
         raise ConfigError(run.finished_problems())
     assert config is not None  # no problems means validation succeeded
+    # Every exit (logs, dead letters, execution records, web answers) masks these by value.
+    secrets.register_config(config, run.secrets)
     return config
 
 
