@@ -1,50 +1,32 @@
 """`herald rules put|delete`: change handlers at runtime through the rules topic.
 
-A put validates the handlers exactly as the worker will (unknown fields, conditions,
-templates, targets) before publishing, so a broken rule never reaches the workers.
+A put validates the handlers with the configuration loader's own checks (YAML 1.2 booleans,
+unknown fields, strict booleans, conditions, templates, values fixed in the file, targets,
+integrations) before publishing, so a rule the configuration would refuse never reaches the
+workers.
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
-from typing import Any
 
-import yaml
 from aiokafka import AIOKafkaProducer
-from pydantic import ValidationError
 
 from agents.rules import handler_blob
 from agents.topics import rules_name
+from streams.config import loader
 from streams.config.models import EventHandler, HeraldConfig
 from streams.errors import ConfigError
-from streams.handlers import compile_handler
 from streams.security import aiokafka_kwargs
 
 
 def load_handlers(config: HeraldConfig, file: str) -> list[EventHandler]:
-    """Read one handler or a list of handlers (JSON or YAML); raise ConfigError on problems."""
-    try:
-        data: Any = yaml.safe_load(Path(file).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError([f"{file}: cannot read handlers: {exc}"]) from None
-    items = data if isinstance(data, list) else [data]
-    problems: list[str] = []
-    handlers: list[EventHandler] = []
-    for i, item in enumerate(items):
-        try:
-            handler = EventHandler.model_validate(item)
-            compile_handler(handler, config, f"[{i}]", file=file)
-            handlers.append(handler)
-        except ValidationError as exc:
-            for err in exc.errors():
-                loc = ".".join(str(p) for p in err["loc"])
-                problems.append(f"{file}: [{i}].{loc}: {err['msg']}")
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise ConfigError(problems)
-    return handlers
+    """Read one handler or a list of handlers (JSON or YAML); raise ConfigError on problems.
+
+    The loader's `load_handlers`, so `herald rules put` refuses exactly what `herald check`
+    refuses in a configuration's eventHandlers, in the same words.
+    """
+    return loader.load_handlers(file, config)
 
 
 def put_rules(config: HeraldConfig, config_path: str, file: str) -> int:

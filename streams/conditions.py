@@ -31,6 +31,8 @@ that is the caller's step, so `evaluate` sees exactly the message it is given.
 
 from __future__ import annotations
 
+import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from decimal import Decimal
@@ -80,6 +82,112 @@ _FACTORY_JS = r"""
   };
 })
 """
+
+
+# Parses a condition as the factory's fallback does (a function body), without running it, in a
+# wrapper whose layout is known: the text starts at line 2, column 1, and the closing `})` is
+# alone on the line after it. The factory's own wrappers and `new Function`'s put characters
+# around the text that QuickJS then names ("unexpected token in expression: '}'"); this
+# layout lets every error be placed in the user's text, or at its end. Returns null when the
+# text parses, else the JSON of [message, line] (QuickJS gives lines but no columns).
+_SYNTAX_JS = r"""
+(function (text) {
+  try {
+    eval('(function ($, _kafka) {\n' + text + '\n})');
+    return null;
+  } catch (e) {
+    if (!(e instanceof SyntaxError)) throw e;
+    return JSON.stringify([String(e.message), e.lineNumber || 0]);
+  }
+})
+"""
+_WRAPPER_LINES = 1  # lines of _SYNTAX_JS's wrapper before the text
+_TOKEN_TAIL = re.compile(r": '.*'$")  # QuickJS names the offending token at the end
+# One JavaScript token, enough to show the one an error is at: numbers, words, strings
+# (perhaps unclosed), comments, punctuators longest first, else any single character.
+_TOKEN = re.compile(
+    r"""\d\w*(?:\.\w*)?|\.\d\w*|[\w$\\\u0080-\uffff]+
+    |'(?:[^'\\\n]|\\.)*'?|"(?:[^"\\\n]|\\.)*"?|`(?:[^`\\]|\\.)*`?
+    |/\*.*?(?:\*/|$)|//[^\n]*
+    |>>>=|\.\.\.|===|!==|\*\*=|<<=|>>=|>>>|&&=|\|\|=|\?\?=
+    |=>|==|!=|<=|>=|&&|\|\||\?\?|\?\.|\+\+|--|[-+*/%&|^]=|\*\*|<<|>>
+    |\S""",
+    re.VERBOSE | re.DOTALL,
+)
+_MAX_PROBES = 4096  # prefixes tried to find the column; beyond that only the line is given
+
+
+def _syntax_error(parse: Any, text: str) -> tuple[str, int] | None:
+    """(message, line in `text`, 1-based) of text's syntax error, or None if it parses."""
+    found = parse(text)
+    if found is None:
+        return None
+    message, line = json.loads(found)
+    return str(message), int(line) - _WRAPPER_LINES
+
+
+def _position(text: str, offset: int) -> str:
+    """`line L, column C` (1-based) of an offset in `text`."""
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return f"line {line}, column {column}"
+
+
+def _error_end(parse: Any, text: str, error: tuple[str, int]) -> int | None:
+    """The end of the token the error is at: the shortest prefix of `text` that fails the
+    same way on the same line (a shorter one fails at its end, on the wrapper's line)."""
+    line = error[1]
+    start = sum(len(part) + 1 for part in text.split("\n")[: line - 1])
+    end = text.find("\n", start)
+    end = len(text) if end < 0 else end
+    for stop in range(start + 1, min(end, start + _MAX_PROBES) + 1):
+        if _syntax_error(parse, text[:stop]) == error:
+            return stop
+    return None
+
+
+def _token_at(text: str, offset: int) -> tuple[int, str]:
+    """(start, text) of the token holding the character at `offset`."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    for match in _TOKEN.finditer(text, line_start):
+        if match.end() > offset:
+            if match.start() <= offset:
+                return match.start(), match.group()
+            break
+    return offset, text[offset]
+
+
+def _describe_syntax_error(context: quickjs.Context, text: str) -> str | None:
+    """Where and what the syntax error in `text` is, in the user's own text: `at line 1,
+    column 11 (')'): unexpected token in expression`, or `(end of condition)` when the text
+    stops too early; None when it parses (the failure was something else).
+
+    Never QuickJS's view of the token: the text QuickJS parsed is wrapped, so its message may
+    name a character of the wrapper (`'}'`) the user never wrote.
+    """
+    try:
+        return _locate(context.eval(_SYNTAX_JS), text)
+    except quickjs.JSException:  # a prefix that ran (text that closes its wrapper) and threw
+        return None
+
+
+def _locate(parse: Any, text: str) -> str | None:
+    """The description `_describe_syntax_error` gives, from the parsing function."""
+    error = _syntax_error(parse, text)
+    if error is None:
+        return None
+    message, line = error
+    if line > text.count("\n") + 1:  # on the wrapper's closing line: the text ended early
+        if _TOKEN_TAIL.search(message) or message.startswith("expecting"):
+            message = "the condition is incomplete"
+        return f"at {_position(text, len(text.rstrip()))} (end of condition): {message}"
+    message = _TOKEN_TAIL.sub("", message)
+    stop = _error_end(parse, text, error) if line >= 1 else None
+    if stop is None:
+        return f"at line {line}: {message}" if line >= 1 else f": {message}"
+    start, token = _token_at(text, stop - 1)
+    shown = token if len(token) <= 40 else token[:37] + "..."
+    return f"at {_position(text, start)} ({shown!r}): {message}"
 
 
 def truthy(value: Any) -> bool:
@@ -192,9 +300,9 @@ class _Script(Condition):
         try:
             return factory(self._source, expression or None)
         except quickjs.JSException as exc:
-            raise ConditionError(
-                f"condition {self._source!r} does not parse: {_first_line(exc)}"
-            ) from None
+            where = _describe_syntax_error(context, self._source)
+            what = where if where is not None else f": {_first_line(exc)}"
+            raise ConditionError(f"condition {self._source!r} does not parse {what}") from None
 
     def evaluate(self, message: Any, meta: Mapping[str, Any] | None = None) -> bool:
         message_json, meta_json = self._serialise(message, meta)

@@ -139,6 +139,7 @@ def _compile_action(
             loc = ".".join(str(p) for p in err["loc"])
             problems.append(f"{where}.{action.action}.{loc}: {_pydantic_hint(err)}")
         return None
+    before_target = len(problems)
     target = _resolve_target(action_cls, getattr(params, "target", None), config, where, problems)
     action_type = action_cls(params, target)
     before = len(problems)
@@ -147,6 +148,8 @@ def _compile_action(
     dedupe = (
         _template(action.dedupe.key, f"{where}.dedupe.key", problems) if action.dedupe else None
     )
+    for name, problem in action_type.static_problems(target_resolved=before == before_target):
+        problems.append(f"{where}.{action.action}.{name}: {problem}")
     if template is None or len(problems) > before:
         return None
     return CompiledAction(

@@ -54,6 +54,16 @@ class _Target:
     request_target: str
 
 
+def check_url(url: str) -> None:
+    """Raise InvalidURL unless this client can request `url` (absolute http(s) with a host).
+
+    The one rule for URLs: delivery applies it through `_parse_url`, and the configuration
+    applies it to URLs written without templates, so a URL no request could use fails the
+    load instead of every message.
+    """
+    _parse_url(url)
+
+
 def _parse_url(url: str) -> _Target:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,6 +22,7 @@ from streams.config.models import Target
 from streams.errors import TemplateError
 from streams.http1 import Http1Client
 from streams.message import Envelope
+from streams.templating import compile_template
 
 
 class ParamsModel(BaseModel):
@@ -36,6 +37,24 @@ class ParamsModel(BaseModel):
 
 class ActionInputError(TemplateError):
     """A rendered action is not valid (e.g. eventType FOO): dead-lettered at the source."""
+
+
+# What `static_value` returns for a value that holds a template.
+TEMPLATED: Any = object()
+
+
+def static_value(value: Any) -> Any:
+    """`value` as every message renders it when it holds no `${...}` template, else TEMPLATED.
+
+    A value without a template renders the same for every message, so what delivery would
+    refuse in it can be refused at load. A template that does not compile counts as templated:
+    it is reported as a template error of its own.
+    """
+    try:
+        template = compile_template(value)
+    except TemplateError:
+        return TEMPLATED
+    return template.render(None) if template.is_constant else TEMPLATED
 
 
 def delivery_id(message_id: str, handler: str, index: int) -> str:
@@ -124,6 +143,15 @@ class ActionType(ABC):
     def ordering_key(self, payload: dict[str, Any], envelope: Envelope) -> str | None:
         """Actions with the same ordering key are delivered in order. None: use the record key."""
         return None
+
+    def static_problems(self, *, target_resolved: bool = True) -> Iterator[tuple[str, str]]:
+        """(parameter, problem) for each parameter without a template that `finish` would
+        refuse. Such a value fails every message, so the configuration is refused instead;
+        action types check with the rules `finish` uses, so load and runtime cannot disagree.
+        Templated values are left to `finish`, per message. `target_resolved` is False when
+        the target could not be resolved: checks that depend on it stay quiet, since that
+        problem is reported already."""
+        return iter(())
 
     @staticmethod
     def timeout(target: Target | None) -> float:

@@ -44,7 +44,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from streams.actions.base import (
     ActionInputError,
@@ -512,7 +512,7 @@ class UpdateWorkflowVariablesParams(ParamsModel):
     target: str | None = None
     workflowId: Any = None
     variables: dict[str, Any] = Field(default_factory=dict)
-    appendArray: bool = False
+    appendArray: StrictBool = False
 
 
 class UpdateWorkflowVariables(_ConductorAction):

@@ -7,16 +7,19 @@ added only at delivery time so it never travels through Kafka or appears in a re
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydantic import Field, field_validator
 
 from streams.actions.base import (
+    TEMPLATED,
     ActionInputError,
     ActionRequest,
     ActionType,
     DeliveryContext,
     ParamsModel,
+    static_value,
 )
 from streams.config.models import Target
 from streams.delivery import http_request
@@ -118,25 +121,15 @@ class IlertEvent(ActionType):
             elif field_name == "eventType":
                 body["eventType"] = map_value(body["eventType"], params.eventTypeMap)
         if "eventType" in defaults:  # mapped above (the rendered value) or the default as is
-            event_type = str(body["eventType"] or "ALERT").upper()
+            event_type = body["eventType"] or "ALERT"
         else:
-            event_type = str(map_value(body["eventType"] or "ALERT", params.eventTypeMap)).upper()
-        if event_type not in EVENT_TYPES:
-            raise ActionInputError(
-                f"ilert_event.eventType rendered to {event_type!r}; expected one of "
-                f"{', '.join(EVENT_TYPES)} (add it to eventTypeMap)"
-            )
-        body["eventType"] = event_type
-        if event_type == "ALERT" and not body.get("summary"):
+            event_type = map_value(body["eventType"] or "ALERT", params.eventTypeMap)
+        body["eventType"] = _rendered("eventType", _event_type, event_type)
+        if body["eventType"] == "ALERT" and not body.get("summary"):
             body["summary"] = f"New alert from {envelope.topic}"
-        if body["priority"] is not None:
-            body["priority"] = str(body["priority"]).upper()
-            if body["priority"] not in PRIORITIES:
-                raise ActionInputError(
-                    f"ilert_event.priority rendered to {body['priority']!r}; use HIGH or LOW"
-                )
-        if body["severity"] is not None:
-            body["severity"] = _severity(body["severity"])
+        for name, rule in _RULES.items():
+            if name != "eventType" and body[name] is not None:
+                body[name] = _rendered(name, rule, body[name])
         if body["alertKey"] is not None:
             body["alertKey"] = str(body["alertKey"])
         if body["integrationKey"] is None and not (self.target and self.target.integrationKey):
@@ -148,6 +141,32 @@ class IlertEvent(ActionType):
     def ordering_key(self, payload: dict[str, Any], envelope: Envelope) -> str | None:
         alert_key = payload["body"].get("alertKey")
         return f"ilert:{alert_key}" if alert_key else None
+
+    def static_problems(self, *, target_resolved: bool = True) -> Iterator[tuple[str, str]]:
+        """eventType, priority and severity (and their defaults) written without a template,
+        checked as `finish` checks them once rendered: after valueMaps and eventTypeMap."""
+        params: IlertEventParams = self.params  # type: ignore[assignment]
+        for name, rule in _RULES.items():
+            value = static_value(getattr(params, name))
+            if value is not TEMPLATED and not (_missing(name, value) and name in params.defaults):
+                problem = self._static_problem(name, rule, value)
+                if problem is not None:
+                    yield name, problem
+            default = static_value(params.defaults.get(name))
+            if default is not TEMPLATED and default is not None:
+                problem = _problem(rule, default, "is")
+                if problem is not None:
+                    yield f"defaults.{name}", problem
+
+    def _static_problem(self, name: str, rule: _Rule, value: Any) -> str | None:
+        """What is wrong with a field's fixed value once mapped as `finish` maps it."""
+        params: IlertEventParams = self.params  # type: ignore[assignment]
+        if value is None:
+            return None  # the field is left out (eventType: ALERT)
+        mapped = map_value(value, params.valueMaps.get(name) or {})
+        if name == "eventType":
+            mapped = map_value(mapped, params.eventTypeMap)
+        return _problem(rule, mapped, "is" if mapped == value else f"{value!r} maps to")
 
     @classmethod
     async def deliver(
@@ -184,14 +203,60 @@ def _base(target: Target | None) -> str:
     return ((target.baseUrl if target else None) or DEFAULT_BASE_URL).rstrip("/")
 
 
+# The one check of each field ilert accepts only some values of, used by `finish` on the
+# rendered value and at load on a value written without a template. Each returns the value as
+# sent or raises ValueError("<the value>; <how to fix it>"), which the caller phrases around.
+_Rule = Callable[[Any], Any]
+
+
+def _event_type(value: Any) -> str:
+    event_type = str(value).upper()
+    if event_type not in EVENT_TYPES:
+        raise ValueError(
+            f"{event_type!r}; expected one of {', '.join(EVENT_TYPES)} (add it to eventTypeMap)"
+        )
+    return event_type
+
+
+def _priority(value: Any) -> str:
+    priority = str(value).upper()
+    if priority not in PRIORITIES:
+        raise ValueError(f"{priority!r}; use {' or '.join(PRIORITIES)}")
+    return priority
+
+
 def _severity(value: Any) -> int:
     try:
         severity = int(value)
     except (TypeError, ValueError):
-        raise ActionInputError(f"ilert_event.severity rendered to {value!r}; use 1 to 5") from None
+        raise ValueError(f"{value!r}; use 1 to 5") from None
     if not 1 <= severity <= 5:
-        raise ActionInputError(f"ilert_event.severity rendered to {severity}; use 1 to 5")
+        raise ValueError(f"{severity}; use 1 to 5")
     return severity
+
+
+_RULES: dict[str, _Rule] = {
+    "eventType": _event_type,
+    "priority": _priority,
+    "severity": _severity,
+}
+
+
+def _rendered(name: str, rule: _Rule, value: Any) -> Any:
+    """The checked value of a rendered field; ActionInputError dead-letters the message."""
+    try:
+        return rule(value)
+    except ValueError as exc:
+        raise ActionInputError(f"ilert_event.{name} rendered to {exc}") from None
+
+
+def _problem(rule: _Rule, value: Any, verb: str) -> str | None:
+    """The load-time problem line of a fixed value (`is 9; use 1 to 5`), or None if valid."""
+    try:
+        rule(value)
+    except ValueError as exc:
+        return f"{verb} {exc}"
+    return None
 
 
 def _headers(ctx: DeliveryContext, request: ActionRequest, target: Target | None) -> dict[str, str]:

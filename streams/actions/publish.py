@@ -15,6 +15,7 @@ integration's `valueSubjectNameStrategy` gives.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
@@ -22,18 +23,34 @@ import orjson
 from pydantic import Field, field_validator, model_validator
 
 from streams.actions.base import (
+    TEMPLATED,
     ActionInputError,
     ActionRequest,
     ActionType,
     DeliveryContext,
     ParamsModel,
+    static_value,
 )
 from streams.avro.datum import SchemaMismatch, to_datum
 from streams.avro.schemas import Schema, SchemaError, load, parse
-from streams.config.models import EVENT_PATTERN, Target
+from streams.config.models import EVENT_PATTERN, Target, topic_safe
 from streams.message import Envelope
 
 FORMATS = ("auto", "json", "string", "avro")
+
+
+def destination(to: Any) -> tuple[str | None, str]:
+    """(integration or None for the home one, topic) of a rendered `to`; ValueError if it is
+    not `kafka:<integration>:<topic>` with a legal topic name. The one rule, at load for a
+    `to` without a template and per message for a templated one."""
+    match = EVENT_PATTERN.match(str(to or ""))
+    if not match:
+        raise ValueError(
+            f"{to!r} must be 'kafka:<integration>:<topic>' (or 'kafka:<topic>' for the home "
+            "integration)"
+        )
+    topic_safe(match.group("topic"), "topic")
+    return match.group("integration"), match.group("topic")
 
 
 class PublishParams(ParamsModel):
@@ -101,11 +118,10 @@ class Publish(ActionType):
         return parse(text) if text is not None else None
 
     def finish(self, rendered: dict[str, Any], envelope: Envelope) -> dict[str, Any]:
-        match = EVENT_PATTERN.match(str(rendered.get("to") or ""))
-        if not match:
-            raise ActionInputError(
-                f"publish.to {rendered.get('to')!r} must be 'kafka:<integration>:<topic>'"
-            )
+        try:
+            integration, topic = destination(rendered.get("to"))
+        except ValueError as exc:
+            raise ActionInputError(f"publish.to {exc}") from None
         fmt = self.params.format  # type: ignore[attr-defined]
         value = rendered.get("value")
         if fmt == "string" or (fmt == "auto" and isinstance(value, str)):
@@ -115,8 +131,8 @@ class Publish(ActionType):
             encoded = {"json": value}
         key = rendered.get("key")
         payload = {
-            "integration": match.group("integration"),
-            "topic": match.group("topic"),
+            "integration": integration,
+            "topic": topic,
             "key": None if key is None else str(key),
             "headers": {
                 str(k): "" if v is None else str(v)
@@ -141,6 +157,17 @@ class Publish(ActionType):
                         f"publish.value does not match the Avro schema {schema.full_name}: {exc}"
                     ) from None
         return payload
+
+    def static_problems(self, *, target_resolved: bool = True) -> Iterator[tuple[str, str]]:
+        """A `to` without a template, checked as `finish` checks it once rendered (whether
+        its integration is defined is the loader's cross-check, which knows them all)."""
+        to = static_value(self.params.to)  # type: ignore[attr-defined]
+        if to is TEMPLATED:
+            return
+        try:
+            destination(to)
+        except ValueError as exc:
+            yield "to", str(exc)
 
     def ordering_key(self, payload: dict[str, Any], envelope: Envelope) -> str | None:
         return f"publish:{payload['topic']}:{payload['key']}" if payload.get("key") else None

@@ -6,6 +6,7 @@ after a redelivery.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urljoin
 
@@ -13,17 +14,28 @@ import orjson
 from multidict import CIMultiDict
 
 from streams.actions.base import (
+    TEMPLATED,
     ActionInputError,
     ActionRequest,
     ActionType,
     DeliveryContext,
     ParamsModel,
+    static_value,
 )
 from streams.config.models import Target
 from streams.delivery import http_request
+from streams.http1 import InvalidURL, check_url
 from streams.message import Envelope
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _method(value: Any) -> str:
+    """The HTTP method sent for a rendered `method` (POST when empty); ValueError if none."""
+    method = str(value or "POST").upper()
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not supported; use one of {', '.join(METHODS)}")
+    return method
 
 
 class WebhookParams(ParamsModel):
@@ -40,21 +52,45 @@ class Webhook(ActionType):
     target_type = "webhook"
 
     def finish(self, rendered: dict[str, Any], envelope: Envelope) -> dict[str, Any]:
-        base = (self.target.url or self.target.baseUrl) if self.target else None
-        url = rendered.get("url")
-        if url:
-            url = urljoin(base, str(url)) if base else str(url)
-        else:
-            url = base
-        if not url or not str(url).startswith(("http://", "https://")):
-            raise ActionInputError(f"webhook url {url!r} is not an http(s) URL")
-        method = str(rendered.get("method") or "POST").upper()
-        if method not in METHODS:
-            raise ActionInputError(f"webhook method {method!r}; use one of {', '.join(METHODS)}")
+        try:
+            url = self._url(rendered.get("url"))
+            method = _method(rendered.get("method"))
+        except ValueError as exc:
+            raise ActionInputError(f"webhook {exc}") from None
         headers = {
             str(k): "" if v is None else str(v) for k, v in (rendered.get("headers") or {}).items()
         }
         return {"url": url, "method": method, "headers": headers, "body": rendered.get("body")}
+
+    def static_problems(self, *, target_resolved: bool = True) -> Iterator[tuple[str, str]]:
+        """A url (joined to the target's) or a method written without a template, checked as
+        `finish` checks them once rendered."""
+        checks = [("method", _method)]
+        if target_resolved:  # the url is joined to the target's
+            checks.insert(0, ("url", self._url))
+        for name, check in checks:
+            value = static_value(getattr(self.params, name))
+            if value is TEMPLATED:
+                continue
+            try:
+                check(value)
+            except ValueError as exc:
+                yield name, str(exc).removeprefix(f"{name} ")
+
+    def _url(self, value: Any) -> str:
+        """The URL called: `value` joined to the target's url, or the target's url alone."""
+        base = (self.target.url or self.target.baseUrl) if self.target else None
+        url = (urljoin(base, str(value)) if base else str(value)) if value else base
+        if not url:
+            raise ValueError("url is not set; set it, or name a webhook target that has a url")
+        try:
+            check_url(url)
+        except InvalidURL:
+            raise ValueError(
+                f"url {url!r} is not an absolute http(s) URL; write http(s)://host/path, or a "
+                "path joined to the url of a webhook target"
+            ) from None
+        return url
 
     @classmethod
     async def deliver(

@@ -24,9 +24,12 @@ the values of secret fields (password, apiKey, ...) are masked in any line that 
 them (for example inside a validator's own message).
 
 YAML is read with two deliberate differences from PyYAML's defaults: only `true`/`false` are
-booleans (YAML 1.2; alarm states such as `ON`/`OFF`/`YES`/`NO` stay text; pydantic still accepts
-`yes`/`on` for boolean fields), and a key repeated in one mapping is a problem instead of the
-last one silently winning.
+booleans (YAML 1.2; alarm states such as `ON`/`OFF`/`YES`/`NO` stay text, and boolean fields
+are strict, so `active: yes`, `"true"` or `1` is a problem rather than a guess), and a key
+repeated in one mapping is a problem instead of the last one silently winning.
+
+`load_handlers` checks handlers put at runtime (`herald rules put`) the same way, against a
+loaded configuration.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -53,6 +56,7 @@ from streams.config.models import (
     HeraldConfig,
     HeraldSettings,
     Integration,
+    Strict,
     Target,
 )
 from streams.errors import ConfigError, HeraldError
@@ -75,6 +79,13 @@ NAMED_SECTIONS = {"integrations": "integration", "targets": "target", "eventHand
 _OPTIONAL_SECTIONS = ("herald", "targets", "eventHandlers")
 
 Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Handlers(Strict):
+    """What a file of runtime handlers is validated as: the eventHandlers section alone."""
+
+    eventHandlers: list[EventHandler]
 
 
 def config_path_from_env() -> str:
@@ -107,6 +118,42 @@ def load_config(
     # Every exit (logs, dead letters, execution records, web answers) masks these by value.
     secrets.register_config(config, run.secrets)
     return config
+
+
+def load_handlers(
+    path: str | os.PathLike[str],
+    config: HeraldConfig,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> list[EventHandler]:
+    """Load handlers to put at runtime (one handler or a list, YAML or JSON) and check them
+    as `load_config` checks eventHandlers, against `config`'s integrations and targets; raise
+    ConfigError listing every problem, in the same form (`FILE: [0](name=h).condition: ...`).
+
+    One validation for both, so a rule the configuration would refuse never reaches the
+    workers through the rules topic.
+    """
+    file = os.fspath(path)
+    data, repeated_keys = _read_yaml(file)
+    if data is None:
+        raise ConfigError([f"{file}: the file is empty; write one handler or a list of them"])
+    run = _Run(file=file, environ=os.environ if environ is None else environ)
+    run.problems.extend((None, line) for line in repeated_keys)
+    run.data = run.resolve({"eventHandlers": data if isinstance(data, list) else [data]}, ())
+    handlers = run.validated(_Handlers)
+    run._check_unique("eventHandlers", "handler")
+    run.check_handler_references([integration.name for integration in config.integrations])
+    run.compile_handlers(config, list(run._valid_handlers()))
+    if run.problems:
+        # The file has no eventHandlers key: its handlers are [0], [1], ...
+        raise ConfigError(
+            [
+                line.replace(f"{file}: eventHandlers[", f"{file}: [", 1)
+                for line in run.finished_problems()
+            ]
+        )
+    assert handlers is not None  # no problems means validation succeeded
+    return handlers.eventHandlers
 
 
 # --------------------------------------------------------------------------- reading YAML
@@ -147,16 +194,7 @@ _YamlLoader.add_implicit_resolver(
 def _read_document(file: str) -> tuple[dict[str, Any], list[str]]:
     """The top-level mapping of the file and the problems of repeated keys; ConfigError when
     there is nothing to check further (unreadable, not YAML, empty, not a mapping)."""
-    text = _read_text(file)
-    loader = _YamlLoader(text)
-    try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        raise ConfigError([_yaml_problem(file, exc)]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{file}: invalid YAML: {exc}; save it as plain UTF-8 text"]) from None
-    finally:
-        loader.dispose()
+    data, repeated = _read_yaml(file)
     if data is None:
         raise ConfigError(
             [
@@ -171,6 +209,22 @@ def _read_document(file: str) -> tuple[dict[str, Any], list[str]]:
                 "herald, integrations, targets and eventHandlers as top-level keys"
             ]
         )
+    return data, repeated
+
+
+def _read_yaml(file: str) -> tuple[Any, list[str]]:
+    """The file's YAML data (YAML 1.2 booleans) and the problems of repeated keys;
+    ConfigError when it cannot be read or is not YAML."""
+    text = _read_text(file)
+    loader = _YamlLoader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError([_yaml_problem(file, exc)]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{file}: invalid YAML: {exc}; save it as plain UTF-8 text"]) from None
+    finally:
+        loader.dispose()
     repeated = [
         f"{file}: line {line}, column {column}: key {key!r} appears again (first at line "
         f"{first}); keep one of them"
@@ -350,16 +404,18 @@ class _Run:
 
     def validate(self) -> HeraldConfig | None:
         """The validated configuration, or None after adding one line per pydantic error."""
+        return self.validated(HeraldConfig)
+
+    def validated(self, model: type[M]) -> M | None:
+        """The data validated as `model`, or None after adding one line per pydantic error."""
         try:
-            return HeraldConfig.model_validate(self.data)
+            return model.model_validate(self.data)
         except ValidationError as exc:
             for error in exc.errors(include_url=False):
                 loc = _clean_loc(error["loc"])
                 related = self._related_values(loc)
                 secret_field = any(part in SECRET_FIELDS for part in loc)
-                message = error_message(
-                    error, HeraldConfig, show_input=not (related or secret_field)
-                )
+                message = error_message(error, model, show_input=not (related or secret_field))
                 self.add(loc, _mask(message, set(related), min_length=1))
             return None
 
@@ -384,6 +440,10 @@ class _Run:
         if names is None:
             return
         self._check_home(names)
+        self.check_handler_references(names)
+
+    def check_handler_references(self, names: list[str]) -> None:
+        """The integrations handlers' events and literal publish destinations name exist."""
         for i, handler in self._items("eventHandlers"):
             self._check_event(i, handler, names)
             self._check_publish(i, handler, names)
@@ -457,15 +517,23 @@ class _Run:
 
     # ---- handler compilation
 
-    def compile_handlers(self, config: HeraldConfig | None) -> None:
+    def compile_handlers(
+        self,
+        config: HeraldConfig | None,
+        handlers: list[tuple[int, EventHandler]] | None = None,
+    ) -> None:
         """Compile every structurally valid handler (conditions, templates, action params,
-        targets), against the rest of the configuration as far as it is valid."""
+        targets), against the rest of the configuration as far as it is valid; `handlers`
+        (default: the configuration's) are compiled against `config`."""
         # Imported here: handlers pulls in the condition sandbox and the template engine, and
         # may itself use this module's error formatting; importing on use avoids the cycle.
         from streams.handlers import compile_handler
 
         context = config or self._partial_config()
-        handlers = list(enumerate(config.eventHandlers)) if config else list(self._valid_handlers())
+        if handlers is None:
+            handlers = (
+                list(enumerate(config.eventHandlers)) if config else list(self._valid_handlers())
+            )
         unusable = self._unusable_targets()
         for i, handler in handlers:
             path = self.path(("eventHandlers", i))

@@ -56,6 +56,32 @@ def test_invalid_configuration_stops_the_worker_with_exit_code_2(tmp_path: Path)
     assert "Starting..." not in result.stdout + result.stderr  # nothing was started
 
 
+def test_herald_check_refuses_values_every_message_would_fail_on(tmp_path: Path) -> None:
+    config = tmp_path / "static.yaml"
+    config.write_text(
+        "integrations:\n"
+        "  - name: local\n"
+        "    bootstrapServers: 127.0.0.1:9\n"
+        "targets:\n"
+        "  - {name: ilert, type: ilert, baseUrl: 'https://api.ilert.com', integrationKey: k}\n"
+        "eventHandlers:\n"
+        "  - name: h\n"
+        "    event: kafka:local:alarms\n"
+        "    active: yes\n"
+        '    condition: "$.type == "\n'
+        "    actions: [{action: ilert_event, ilert_event: {eventType: FOO}}]\n"
+    )
+    result = run(["herald", "check", "--config", str(config)], {})
+    assert result.returncode == 2, result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.startswith(str(config))]
+    where = f"{config}: eventHandlers[0](name=h)"
+    assert f"{where}.active: expected true or false, got text; write true or false" in lines
+    assert any(x.startswith(f"{where}.actions[0].ilert_event.eventType: is 'FOO'") for x in lines)
+    assert any(x.startswith(f"{where}.condition:") and "(end of condition)" in x for x in lines)
+    assert len(lines) == 3
+    assert "OK" not in result.stdout
+
+
 def test_herald_check_prints_the_plan_without_secrets() -> None:
     result = run(["herald", "check", "--config", "config/example.yaml"], EXAMPLE_ENV)
     assert result.returncode == 0, result.stderr

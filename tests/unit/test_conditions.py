@@ -128,7 +128,32 @@ def test_no_host_access() -> None:
 def test_parse_error_is_raised_at_compile_time() -> None:
     with pytest.raises(ConditionError) as caught:
         compile_condition("$.type ==")
-    assert str(caught.value).startswith("condition '$.type ==' does not parse: SyntaxError: ")
+    assert str(caught.value).startswith("condition '$.type ==' does not parse at line 1, ")
+
+
+@pytest.mark.parametrize(
+    ("source", "where"),
+    [
+        # Ends too early: QuickJS names the '}' of the wrapper; the user never wrote one.
+        ("$.type == ", "at line 1, column 10 (end of condition): the condition is incomplete"),
+        ("$.type == )", "at line 1, column 11 (')'): unexpected token in expression"),
+        ("$.a == 1 &&\n  $.b == ]", "at line 2, column 10 (']'): unexpected token in expression"),
+        (
+            "$.a &&\n  $.b ==\n",
+            "at line 2, column 9 (end of condition): the condition is incomplete",
+        ),
+        ("$.a $.b", "at line 1, column 5 ('$'): expecting ';'"),
+        ("$.x == => 1", "at line 1, column 8 ('=>'): unexpected token in expression"),
+        ("$.type == 'ALARM", 'at line 1, column 11 ("\'ALARM"): unexpected end of string'),
+        ("var x = ;\nx > 1", "at line 1, column 9 (';'): unexpected token in expression"),
+        ("$.f(1, 2", "at line 1, column 9 (end of condition): the condition is incomplete"),
+    ],
+)
+def test_parse_error_points_into_the_users_text(source: str, where: str) -> None:
+    with pytest.raises(ConditionError) as caught:
+        compile_condition(source)
+    assert str(caught.value) == f"condition {source!r} does not parse {where}"
+    assert "'}'" not in str(caught.value)
 
 
 def test_compiling_does_not_run_the_condition() -> None:

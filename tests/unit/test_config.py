@@ -13,7 +13,7 @@ import pytest
 from streams.actions.base import ActionType, ParamsModel
 from streams.actions.registry import ACTIONS
 from streams.config.describe import describe, internal_topics
-from streams.config.loader import config_path_from_env, load_config
+from streams.config.loader import config_path_from_env, load_config, load_handlers
 from streams.config.models import HeraldConfig
 from streams.errors import ConfigError
 
@@ -664,3 +664,179 @@ def test_describe_masks_secrets_and_shows_what_herald_will_do() -> None:
         "Internal topics (on local):\n  herald-actions\n  herald-rules-changelog\n"
         "  herald-executions\n  herald-dlq-local"
     )
+
+
+# ------------------------------------------------------------------ values delivery refuses
+
+HOOKS = """\
+  - name: chat
+    type: webhook
+    url: https://hooks.example.com/in/
+"""
+HANDLER = "herald.yaml: eventHandlers[0](name=alarms).actions[0]"
+
+
+def with_params(params: str, action: str = "ilert_event") -> str:
+    """BASE with its action's parameters replaced (one `key: value` per line)."""
+    head = BASE.replace("targets:\n", "targets:\n" + HOOKS).split("      - action: ")[0]
+    lines = "".join(f"          {line}\n" for line in params.splitlines())
+    return f"{head}      - action: {action}\n        {action}:\n{lines}"
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "problem"),
+    [
+        (
+            "ilert_event",
+            "eventType: FOO",
+            "ilert_event.eventType: is 'FOO'; expected one of ALERT, ACCEPT, RESOLVE, COMMENT "
+            "(add it to eventTypeMap)",
+        ),
+        (
+            "ilert_event",
+            "eventType: SET\neventTypeMap: {SET: ALRT}",
+            "ilert_event.eventType: 'SET' maps to 'ALRT'; expected one of ALERT, ACCEPT, "
+            "RESOLVE, COMMENT (add it to eventTypeMap)",
+        ),
+        ("ilert_event", "severity: 7", "ilert_event.severity: is 7; use 1 to 5"),
+        ("ilert_event", "severity: high", "ilert_event.severity: is 'high'; use 1 to 5"),
+        ("ilert_event", "priority: MEDIUM", "ilert_event.priority: is 'MEDIUM'; use HIGH or LOW"),
+        (
+            "ilert_event",
+            "severity: ${sev}\ndefaults: {severity: 0}",
+            "ilert_event.defaults.severity: is 0; use 1 to 5",
+        ),
+        (
+            "webhook",
+            "method: FETCH",
+            "webhook.method: 'FETCH' is not supported; use one of GET, POST, PUT, PATCH, DELETE",
+        ),
+        (
+            "webhook",
+            "url: ftp://files.example.com/in",
+            "webhook.url: 'ftp://files.example.com/in' is not an absolute http(s) URL; write "
+            "http(s)://host/path, or a path joined to the url of a webhook target",
+        ),
+        (
+            "publish",
+            "to: out",
+            "publish.to: 'out' must be 'kafka:<integration>:<topic>' (or 'kafka:<topic>' for "
+            "the home integration)",
+        ),
+    ],
+)
+def test_a_value_delivery_would_refuse_fails_the_load(
+    action: str, params: str, problem: str
+) -> None:
+    assert problems(with_params(params, action)) == [f"{HANDLER}.{problem}"]
+
+
+def test_a_webhook_without_any_url_fails_the_load() -> None:
+    text = with_params("body: {text: hi}", "webhook").replace(HOOKS, "")
+    assert problems(text) == [
+        f"{HANDLER}.webhook.url: is not set; set it, or name a webhook target that has a url"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("action", "params"),
+    [
+        ("ilert_event", "eventType: ${state}\nseverity: ${sev}\npriority: ${prio}"),
+        # as delivery sends them: in any case, a severity as text
+        ("ilert_event", "eventType: resolve\nseverity: '5'\npriority: low"),
+        ("ilert_event", "eventType: SET\neventTypeMap: {SET: ALERT}"),
+        ("ilert_event", "priority: urgent\nvalueMaps: {priority: {urgent: HIGH}}"),
+        ("webhook", "method: ${verb}\nurl: ${callback}"),
+        ("webhook", "method: patch\nurl: alarms/${mCode}"),  # joined to the target's url
+        ("publish", "to: kafka:${site}:alarms"),
+        ("publish", "to: kafka:alarms-copy"),
+    ],
+)
+def test_templated_and_acceptable_values_load(action: str, params: str) -> None:
+    load(with_params(params, action))
+
+
+def test_a_target_url_that_is_not_absolute_fails_the_load() -> None:
+    text = BASE.replace("baseUrl: https://api.ilert.com", "baseUrl: api.ilert.com")
+    assert problems(text) == [
+        "herald.yaml: targets[0](name=ilert).baseUrl: is not an absolute http(s) URL; write it "
+        "as http(s)://host[:port][/path]"
+    ]
+
+
+@pytest.mark.parametrize("written", ["yes", "on", '"true"', "1", "True"])
+def test_booleans_are_only_true_and_false(written: str) -> None:
+    text = BASE.replace("    active: true\n", f"    active: {written}\n")
+    if written == "True":  # YAML's own spelling of true: a boolean, accepted
+        assert load(text).eventHandlers[0].active is True
+        return
+    got = "a number" if written == "1" else "text"
+    assert problems(text) == [
+        f"herald.yaml: eventHandlers[0](name=alarms).active: expected true or false, got {got}; "
+        "write true or false"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("where", "text"),
+    [
+        ("integrations[0](name=local).active", BASE.replace(":9092\n", ":9092\n    active: on\n")),
+        (
+            "eventHandlers[0](name=alarms).actions[0].expandInlineJSON",
+            BASE.replace(
+                "      - action: ilert_event\n",
+                "      - action: ilert_event\n        expandInlineJSON: yes\n",
+            ),
+        ),
+        ("herald.recoveryConsistencyCheck", "herald:\n  recoveryConsistencyCheck: no\n" + BASE),
+    ],
+)
+def test_every_boolean_field_is_strict(where: str, text: str) -> None:
+    assert problems(text) == [
+        f"herald.yaml: {where}: expected true or false, got text; write true or false"
+    ]
+
+
+# ------------------------------------------------------------------ handlers put at runtime
+
+
+def test_rules_put_checks_handlers_as_the_configuration_is_checked() -> None:
+    config = load(BASE)
+    Path("rules.yaml").write_text(
+        textwrap.dedent(
+            """\
+            - name: h
+              event: kafka:local:alarms
+              active: yes
+              condition: "$.type == "
+              actions:
+                - action: publish
+                  publish: {to: "kafka:archive:copy"}
+                - action: ilert_event
+                  ilert_event: {eventType: FOO}
+            """
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_handlers("rules.yaml", config, environ={})
+    assert caught.value.problems == [
+        "rules.yaml: [0](name=h).active: expected true or false, got text; write true or false",
+        "rules.yaml: [0](name=h).actions[0].publish.to: names integration 'archive', which is "
+        "not defined; define it under integrations or fix the destination (defined: local)",
+        "rules.yaml: [0](name=h).condition: condition '$.type == ' does not parse at line 1, "
+        "column 10 (end of condition): the condition is incomplete; fix the expression",
+        "rules.yaml: [0](name=h).actions[1].ilert_event.eventType: is 'FOO'; expected one of "
+        "ALERT, ACCEPT, RESOLVE, COMMENT (add it to eventTypeMap)",
+    ]
+
+
+def test_rules_put_returns_the_handlers_that_pass() -> None:
+    config = load(BASE)
+    Path("rule.json").write_text(
+        '{"name": "h", "event": "kafka:alarms", "active": true,'
+        ' "actions": [{"action": "ilert_event", "ilert_event": {"eventType": "RESOLVE"}}]}',
+        encoding="utf-8",
+    )
+    [handler] = load_handlers("rule.json", config, environ={})
+    assert handler.name == "h" and handler.active is True

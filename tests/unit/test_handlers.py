@@ -576,8 +576,8 @@ def test_compile_unnamed_target_with_several_candidates_is_an_error() -> None:
 
 def test_compile_bad_condition() -> None:
     assert problems_of(handler("h", ILAGENT_EVENT, condition="$.type == ")) == [
-        f"{WHERE}.condition: condition '$.type == ' does not parse: SyntaxError: unexpected "
-        "token in expression: '}'; fix the expression"
+        f"{WHERE}.condition: condition '$.type == ' does not parse at line 1, column 10 "
+        "(end of condition): the condition is incomplete; fix the expression"
     ]
 
 
