@@ -18,6 +18,7 @@ import orjson
 from pydantic import ValidationError
 
 from agents.tables import RESERVED_PREFIX, SEED_PREFIX, RulesTable
+from streams import secrets
 from streams.config.models import EventHandler, HeraldConfig
 from streams.errors import ConfigError
 from streams.handlers import CompiledHandler, HandlerIndex, compile_handler
@@ -91,6 +92,9 @@ class RuleSet:
         compiled: CompiledHandler | None = None
         try:
             handler = EventHandler.model_validate(orjson.loads(blob))
+            # A handler put at runtime may carry credentials (headers, secret-named fields)
+            # the configuration did not: the scrubber must know them before anything logs.
+            secrets.register_config(handler)
             compiled = compile_handler(handler, self.config, f"rules[{name}]", file=self.topic_name)
         except ConfigError as exc:
             for line in exc.problems:
