@@ -132,6 +132,18 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
 
     app.on_batches_revoked(sink.revoke)
 
+    # The lanes end first in a stop, while the consumer, the tables and the producer still
+    # run (Faust's own on_stop stops the consumer and the tables, and its on_before_shutdown
+    # comes after that): otherwise lanes retrying a failing target go on producing into a
+    # stopped producer, and the execution records of their attempts are lost.
+    faust_on_stop = app.on_stop
+
+    async def on_stop() -> None:
+        await sink.stop()
+        await faust_on_stop()
+
+    app.on_stop = on_stop  # type: ignore[method-assign]
+
     stall_after = settings.stallSeconds
 
     @app.timer(interval=min(5.0, stall_after / 2))

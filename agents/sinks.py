@@ -10,22 +10,31 @@ may be committed, only when each of its records was delivered (and the dedupe ta
 in the changelog) or dead-lettered. Each outcome also writes an execution record. Before
 delivering, the dedupe table is checked, so a record redelivered after a restart is not
 delivered again.
+
+A delivery dead letter carries the source record's original bytes, read back by the
+request's coordinates when the letter is written (agents.readback): dead letters are rare,
+so the hot path carries no copy of the value. A graceful stop (`SinkRunner.stop`) ends the
+lanes before the consumer, the tables and the producer stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 import orjson
+from aiokafka.errors import MessageSizeTooLargeError
 from faust.streams import _current_event
 from faust.types import TP
 
 from agents.batches import Batch, BatchChannel, RecordEvent
+from agents.readback import SourceReader
 from agents.runtime import Runtime
 from streams import executions
 from streams.actions.base import ActionRequest
@@ -34,9 +43,21 @@ from streams.config.models import RetryPolicy
 from streams.deadletter import DeadLetter, b64
 from streams.delivery import run_with_retry
 from streams.errors import DeliveryError
+from streams.secrets import SCRUBBER
 
 log = logging.getLogger("herald.sink")
 DEFAULT_POLICY = RetryPolicy()
+#: How long a stop waits for lanes to finish their attempt and write its outcome (and for the
+#: execution records of the attempts made) before it cancels what is left: an answering
+#: endpoint takes milliseconds; a hanging one is not worth holding the shutdown for, as its
+#: record is redone by the next owner anyway.
+STOP_GRACE_SECONDS = 5.0
+
+
+class Stopping(Exception):
+    """Raised in a lane when the worker stops while it waits: the lane ends and its record
+    stays unfinished, so its batch is not committed and the record is delivered again by the
+    partition's next owner."""
 
 
 class _BatchState:
@@ -62,14 +83,19 @@ class SinkRunner:
         self.lanes: dict[bytes, deque[tuple[Any, _BatchState]]] = {}
         self.tasks: dict[bytes, asyncio.Task] = {}
         self.executions_topic = runtime.topics.executions.get_topic_name()
+        self.reader = SourceReader(runtime.config)
+        self._stopping = asyncio.Event()
+        self._writes: set[asyncio.Task] = set()  # FAILED execution records being written
 
     async def run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             batch = await self.channel.get()
             state = _BatchState(batch)
             for record in batch.records:
                 await self.capacity.acquire()
-                if batch.ticket.stale:  # revoked while we waited: the new owner has it
+                if batch.ticket.stale or self._stopping.is_set():
+                    # revoked while we waited (the new owner has it), or stopping: the rest
+                    # of the batch stays unfinished, so uncommitted
                     self.capacity.release()
                     break
                 key = record.key or b""
@@ -78,6 +104,38 @@ class SinkRunner:
                     lane = self.lanes[key] = deque()
                     self.tasks[key] = asyncio.ensure_future(self._drain(key, lane))
                 lane.append((record, state))
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """End every lane cleanly; called first in the app's stop (agents.app), while the
+        consumer, the tables and the producer still run.
+
+        At-least-once, and nothing written after the producer stopped:
+
+        - a lane inside a delivery attempt finishes it (within `grace`) and writes its
+          outcome as usual: a delivery answered during the stop is
+          recorded COMPLETED with its dedupe mark, a permanent failure is dead-lettered, a
+          transient one gets its FAILED execution record. So every attempt the endpoint
+          answered has its execution record.
+        - a lane waiting between retries (or after its attempt failed) ends at once
+          (`Stopping`), and a lane takes no next record. Those records stay unfinished: their
+          batches are not committed, and the partition's next owner (this worker restarted,
+          or another) delivers them again, with the same Idempotency-Key.
+        - after `grace` seconds, lanes still busy are cancelled, their records unfinished as
+          above (an attempt cut short may have reached the endpoint: at least once).
+        - the FAILED execution records are written before this returns (up to `grace`
+          seconds), so before the producer flushes and stops: none is lost.
+        """
+        self._stopping.set()
+        lanes = list(self.tasks.values())
+        if lanes:
+            _, pending = await asyncio.wait(lanes, timeout=grace)
+            for task in pending:
+                task.cancel()
+            # every lane's end retrieved, so none is reported as never retrieved
+            await asyncio.gather(*lanes, return_exceptions=True)
+        if self._writes:
+            await asyncio.wait(list(self._writes), timeout=grace)
+        await self.reader.close()
 
     def revoke(self, revoked: set[TP]) -> None:
         """Stop lanes of partitions this worker lost; their records are redelivered elsewhere."""
@@ -101,7 +159,7 @@ class SinkRunner:
         lane.clear()
         if self.lanes.get(key) is not lane:
             return
-        if kept:
+        if kept and not self._stopping.is_set():
             lane.extend(kept)
             self.tasks[key] = asyncio.ensure_future(self._drain(key, lane))
         else:
@@ -110,7 +168,7 @@ class SinkRunner:
 
     async def _drain(self, key: bytes, lane: deque[tuple[Any, _BatchState]]) -> None:
         try:
-            while lane:
+            while lane and not self._stopping.is_set():
                 record, state = lane[0]
                 if state.batch.ticket.stale:
                     # Its partition moved to another worker, which delivers it from the
@@ -118,7 +176,10 @@ class SinkRunner:
                     lane.popleft()
                     self.capacity.release()
                     continue
-                durable = await self._process(record)
+                try:
+                    durable = await self._process(record)
+                except Stopping:
+                    return  # the record stays unfinished: redelivered by the next owner
                 lane.popleft()
                 # The lane moves on to the key's next record at once; this record counts as
                 # done (its batch may be committed) only when its dedupe mark is in Kafka.
@@ -152,7 +213,7 @@ class SinkRunner:
             return None
         try:
             return await self._deliver(request)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, Stopping):
             raise
         except Exception as exc:  # a bug: dead-letter with the reason rather than lose it
             log.exception("internal error delivering %s", request.id)
@@ -195,12 +256,15 @@ class SinkRunner:
                 delay,
             )
             # visible while retrying; the final status follows it on the topic
-            asyncio.ensure_future(
+            self._write_soon(
                 self._record(request, executions.FAILED, attempts=attempt, error=str(error))
             )
 
         outcome = await run_with_retry(
-            lambda: action_cls.deliver(request, ctx, target), policy, on_retry=on_retry
+            lambda: action_cls.deliver(request, ctx, target),
+            policy,
+            sleep=self._retry_sleep,
+            on_retry=on_retry,
         )
         if outcome.ok:
             delivered = int(time.time() * 1000)
@@ -218,14 +282,37 @@ class SinkRunner:
         await self._dead_letter(request, str(outcome.error), attempts=outcome.attempts)
         return None
 
+    async def _retry_sleep(self, seconds: float) -> None:
+        """The wait between attempts, cut short by a stop (raising `Stopping`): a lane
+        waiting out a target's outage must not hold the worker's shutdown."""
+        if not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+        if self._stopping.is_set():
+            raise Stopping
+
+    def _write_soon(self, write: Any) -> None:
+        """Write an execution record without holding the lane; a stop waits for it, and its
+        failure is logged (never an unretrieved task exception)."""
+        task = asyncio.ensure_future(write)
+        self._writes.add(task)
+        task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not write an execution record: %r", task.exception())
+
     async def _dead_letter(self, request: ActionRequest, reason: str, *, attempts: int) -> None:
         source = request.source
+        value, missing = await self._original_value(request)
         letter = DeadLetter(
             stage="delivery",
             reason=reason,
             integration=request.integration,
             source={k: v for k, v in source.items() if k != "messageId"},
-            value=None,
+            value=b64(value),
+            valueMissing=missing,
             handler=request.handler,
             action=request.action,
             actionIndex=request.index,
@@ -243,6 +330,19 @@ class SinkRunner:
         )
         self.runtime.counters.dead_lettered += 1
         await self._record(request, executions.DEAD_LETTERED, attempts=attempts, error=reason)
+
+    async def _original_value(self, request: ActionRequest) -> tuple[bytes | None, str | None]:
+        """The source record's value bytes, read back by the request's coordinates; or None
+        and why (agents.readback)."""
+        source = request.source
+        try:
+            topic, partition, offset = source["topic"], source["partition"], source["offset"]
+        except KeyError as exc:
+            return None, f"the action request does not say where its source record is ({exc})"
+        value, missing = await self.reader.read(request.integration, topic, partition, offset)
+        if missing is not None:
+            log.warning("dead letter of %s without its value: %s", request.id, missing)
+        return value, SCRUBBER.scrub_data(missing)
 
     async def _dead_letter_raw(self, message: Any, reason: str) -> None:
         letter = DeadLetter(
@@ -262,7 +362,9 @@ class SinkRunner:
         await self._publish_dead_letter(letter)
 
     async def _publish_dead_letter(self, letter: DeadLetter) -> None:
-        """Publish a dead letter and wait for the broker; keep trying, never drop it."""
+        """Publish a dead letter and wait for the broker; keep trying, never drop it. One
+        too large with the original value is written without it (`valueMissing` says so). A
+        stop ends the trying (`Stopping`): the record stays unfinished and is redone."""
         topic = self.runtime.topics.dlq(letter.integration)
         delay = 0.5
         while True:
@@ -273,8 +375,11 @@ class SinkRunner:
                 await fut
                 return
             except Exception as exc:
+                if isinstance(exc, MessageSizeTooLargeError) and letter.value is not None:
+                    letter = _without_value(letter, exc)
+                    continue
                 log.error("could not write dead letter (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+                await self._retry_sleep(delay)
                 delay = min(delay * 2, 30.0)
 
     async def _record(self, request: ActionRequest, status: str, **fields: object) -> None:
@@ -286,6 +391,19 @@ class SinkRunner:
         await self.runtime.app.producer.send(
             self.executions_topic, request.id.encode(), executions.to_bytes(rec), None, None, None
         )
+
+
+def _without_value(letter: DeadLetter, error: Exception) -> DeadLetter:
+    """The letter without the original value, which made it too large to be written."""
+    assert letter.value is not None
+    source = letter.source
+    return replace(
+        letter,
+        value=None,
+        valueMissing=f"the original value ({len(letter.value) * 3 // 4} bytes) is left out: "
+        f"with it the dead letter is too large for the producer or the topic ({error!r}); "
+        f"read it at {source.get('topic')}/{source.get('partition')}@{source.get('offset')}",
+    )
 
 
 def _asdict(request: ActionRequest) -> dict:

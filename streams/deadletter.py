@@ -9,7 +9,8 @@ original record's key; the value is JSON:
      "integration": "...", "failedAt": ms, "attempts": n,
      "source": {"topic", "partition", "offset", "timestamp", "key" (base64), "headers"},
      "value": base64 of the original value bytes | null,
-     "request": the action request (delivery stage only)}
+     "request": the action request (delivery stage only),
+     "valueMissing": why `value` is null when the original bytes could not be had | null}
 
 `id` is the failure's stable identity: a hash of what identifies it (stage, integration,
 source topic/partition/offset, handler, action index and, when the letter carries an action
@@ -72,6 +73,7 @@ class DeadLetter:
     failedAt: int = 0
     request: dict[str, Any] | None = None
     id: str = ""
+    valueMissing: str | None = None  # why `value` is null (a delivery letter's read-back)
 
     def __post_init__(self) -> None:
         # Every letter is built here (the source, the sink, replay, `dataclasses.replace`), so

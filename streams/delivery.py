@@ -1,8 +1,22 @@
 """Retry policy, backoff and failure classification for deliveries.
 
-Transient failures (connection errors, timeouts, 408, 5xx, 429) are retried with exponential
-backoff and jitter, bounded by attempts and total elapsed time; a server's Retry-After wins
-over the computed backoff. Anything else fails at once so it is dead-lettered without delay.
+Transient failures (connection errors, timeouts, 408, 5xx, 429) are retried until the
+policy's time budget (`maxElapsedSeconds`, by default 30 minutes) is spent, or `maxAttempts`
+when one is set (by default none): an endpoint down for minutes costs waiting, not dead
+letters, since Kafka keeps the backlog. Anything else fails at once so it is dead-lettered
+without delay.
+
+The wait before each retry is never longer than `maxBackoffMs`:
+
+- without Retry-After, the exponential backoff `initialBackoffMs * multiplier**(n-1)`, capped
+  at `maxBackoffMs`, then jittered by +/- `jitter` of itself within the cap (at the cap the
+  wait is drawn from `[cap * (1 - jitter), cap]`), so retries of many lanes spread out and
+  none waits longer than the cap;
+- with a server's Retry-After (on 429, 5xx, 408), the Retry-After itself, not jittered,
+  raised to `initialBackoffMs` (a `Retry-After: 0` does not make a busy loop) and capped at
+  `maxBackoffMs` (a server asking for an hour is asked again at the cap).
+
+A retry whose wait would end past the budget is not made: the last error is the outcome.
 """
 
 from __future__ import annotations
@@ -36,14 +50,30 @@ class Outcome:
 
 
 def backoff_seconds(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
-    """Delay before retry number `attempt` (1 = first retry): exponential, capped, jittered."""
+    """Delay before retry number `attempt` (1 = first retry): exponential, capped, jittered.
+
+    The jitter never takes a delay over the cap: `maxBackoffMs` is what an operator sizes
+    outages and lanes by, so it is the longest any single wait is.
+    """
+    cap = policy.maxBackoffMs / 1000.0
     try:
-        base = policy.initialBackoffMs * (policy.multiplier ** (attempt - 1))
+        base = policy.initialBackoffMs * (policy.multiplier ** (attempt - 1)) / 1000.0
     except OverflowError:  # a long run of retries: beyond any cap (unless there is no backoff)
         base = float("inf") if policy.initialBackoffMs else 0.0
-    capped = min(base, policy.maxBackoffMs) / 1000.0
-    spread = capped * policy.jitter
-    return max(0.0, capped + (rng or random).uniform(-spread, spread))
+    nominal = min(base, cap)
+    spread = nominal * policy.jitter
+    return (rng or random).uniform(nominal - spread, min(nominal + spread, cap))
+
+
+def retry_delay(
+    policy: RetryPolicy, attempt: int, error: DeliveryError, rng: random.Random | None = None
+) -> float:
+    """The wait before retry number `attempt` after `error`: the server's Retry-After when it
+    gave one, within `[initialBackoffMs, maxBackoffMs]`; else the jittered backoff."""
+    if error.retry_after is None:
+        return backoff_seconds(policy, attempt, rng)
+    floor = policy.initialBackoffMs / 1000.0
+    return min(max(error.retry_after, floor), policy.maxBackoffMs / 1000.0)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -141,6 +171,8 @@ async def run_with_retry(
 ) -> Outcome:
     """Call `attempt` until it succeeds, fails permanently, or the policy's bounds are hit.
 
+    `sleep` is how it waits between attempts; the sink passes one that a worker's stop cuts
+    short (by raising), so a lane waiting out an outage does not hold the shutdown.
     Never raises DeliveryError: the outcome says what happened, so the caller decides between
     acknowledging and dead-lettering.
     """
@@ -151,11 +183,11 @@ async def run_with_retry(
         try:
             return Outcome(ok=True, attempts=tries, result=await attempt())
         except DeliveryError as error:
-            if not error.retryable or tries >= policy.maxAttempts:
+            if not error.retryable or (
+                policy.maxAttempts is not None and tries >= policy.maxAttempts
+            ):
                 return Outcome(ok=False, attempts=tries, error=error)
-            delay = backoff_seconds(policy, tries)
-            if error.retry_after is not None:
-                delay = max(delay, error.retry_after)
+            delay = retry_delay(policy, tries, error)
             if clock() - started + delay > policy.maxElapsedSeconds:
                 return Outcome(ok=False, attempts=tries, error=error)
             if on_retry is not None:

@@ -134,8 +134,9 @@ def _describe_targets(config: HeraldConfig) -> list[str]:
 
 def _describe_retry(target: Target) -> str:
     r = target.retry
+    attempts = "" if r.maxAttempts is None else f"{r.maxAttempts} attempts, "
     return (
-        f"retry {r.maxAttempts} attempts, {r.initialBackoffMs}..{r.maxBackoffMs} ms "
+        f"retry {attempts}{r.initialBackoffMs}..{r.maxBackoffMs} ms "
         f"x{r.multiplier:g}, at most {r.maxElapsedSeconds:g} s"
     )
 

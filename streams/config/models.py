@@ -246,14 +246,18 @@ class Integration(Strict):
 
 
 class RetryPolicy(Strict):
-    """Bounded exponential backoff with jitter for transient delivery failures."""
+    """Exponential backoff with jitter for transient delivery failures, bounded by time.
 
-    maxAttempts: int = Field(default=8, ge=1)
+    The defaults ride out a target's outage of many minutes (30 minutes of retries, any
+    number of attempts) instead of dead-lettering: Kafka keeps the backlog meanwhile
+    (streams.delivery says how each wait is computed)."""
+
+    maxAttempts: int | None = Field(default=None, ge=1)  # None: only the time budget bounds
     initialBackoffMs: int = Field(default=200, ge=0)
     maxBackoffMs: int = Field(default=30_000, ge=0)
     multiplier: float = Field(default=2.0, ge=1.0)
     jitter: float = Field(default=0.2, ge=0.0, le=1.0)
-    maxElapsedSeconds: float = Field(default=300.0, gt=0)
+    maxElapsedSeconds: float = Field(default=1800.0, gt=0)
 
 
 class Target(Strict):

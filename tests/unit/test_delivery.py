@@ -51,9 +51,9 @@ def test_backoff_jitter_is_seeded_and_within_bounds() -> None:
     delays = [backoff_seconds(policy, attempt, rng) for attempt in range(1, 8)]
 
     nominal = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
-    assert delays == [n + reference.uniform(-n * 0.2, n * 0.2) for n in nominal]
-    assert all(n * 0.8 <= d <= n * 1.2 for d, n in zip(delays, nominal, strict=True))
-    assert len(set(delays[4:])) == 3  # jittered even at the cap
+    assert delays == [reference.uniform(n - n * 0.2, min(n + n * 0.2, 1.0)) for n in nominal]
+    assert all(n * 0.8 <= d <= min(n * 1.2, 1.0) for d, n in zip(delays, nominal, strict=True))
+    assert len(set(delays[4:])) == 3  # jittered even at the cap, below it
 
 
 def test_backoff_jitter_bounds_over_many_draws() -> None:
@@ -62,7 +62,29 @@ def test_backoff_jitter_bounds_over_many_draws() -> None:
 
     for attempt in range(1, 200):
         nominal = min(0.5 * 2 ** (attempt - 1), 4.0)
-        assert nominal * 0.5 <= backoff_seconds(policy, attempt, rng) <= nominal * 1.5
+        assert nominal * 0.5 <= backoff_seconds(policy, attempt, rng) <= min(nominal * 1.5, 4.0)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        RetryPolicy(),  # the defaults: 30 s cap, 20 % jitter
+        RetryPolicy(initialBackoffMs=500, maxBackoffMs=10_000, jitter=0.2),  # issue 10's run
+        RetryPolicy(initialBackoffMs=100, multiplier=3.0, maxBackoffMs=2_000, jitter=1.0),
+    ],
+)
+def test_jitter_never_takes_a_delay_over_the_cap(policy: RetryPolicy) -> None:
+    """Issue 10: `retrying in 11.94s` was logged with maxBackoffMs 10000 (jitter was added
+    after the cap)."""
+    rng = random.Random(10)
+    cap = policy.maxBackoffMs / 1000
+
+    delays = [backoff_seconds(policy, attempt, rng) for _ in range(50) for attempt in range(1, 40)]
+
+    assert max(delays) <= cap
+    at_cap = [d for d in delays if d >= cap * (1 - policy.jitter)]
+    assert min(at_cap) >= cap * (1 - policy.jitter)
+    assert len(set(at_cap)) > 100  # still spread out at the cap, not all at one value
 
 
 def test_backoff_after_very_many_attempts_is_the_cap() -> None:
@@ -263,26 +285,127 @@ def test_elapsed_time_counts_the_attempts_themselves() -> None:
     assert fake.sleeps == [1.0, 2.0]
 
 
-def test_retry_after_wins_over_a_smaller_backoff() -> None:
+def test_retry_after_is_the_wait_instead_of_the_backoff() -> None:
+    """The README's rule: with Retry-After, the wait is Retry-After, raised to
+    initialBackoffMs and capped at maxBackoffMs, not jittered; the backoff is not used."""
+    policy = RetryPolicy(initialBackoffMs=100, multiplier=2.0, maxBackoffMs=10_000, jitter=0.5)
     fake = FakeTime()
-    attempt, calls = scripted(fake, retryable(429, retry_after=5.0), retryable(503, 0.01), "ok")
+    attempt, calls = scripted(
+        fake,
+        retryable(429, retry_after=5.0),  # honoured as given, though the backoff is ~0.1
+        retryable(503, retry_after=0.0),  # raised to initialBackoffMs: no busy loop
+        retryable(503, retry_after=3600.0),  # capped at maxBackoffMs
+        retryable(503, retry_after=0.3),  # smaller than the backoff (~0.8): honoured
+        "ok",
+    )
 
-    outcome = run(attempt, POLICY, fake)
+    outcome = run(attempt, policy, fake)
 
-    assert (outcome.ok, outcome.attempts) == (True, 3)
-    assert fake.sleeps == [5.0, 0.2]  # 5 s asked for; then the backoff is larger than 0.01
+    assert (outcome.ok, outcome.attempts) == (True, 5)
+    assert fake.sleeps == [5.0, 0.1, 10.0, 0.3]
 
 
-def test_retry_after_beyond_max_elapsed_gives_up() -> None:
-    policy = RetryPolicy(maxAttempts=10, initialBackoffMs=100, jitter=0.0, maxElapsedSeconds=60)
+@pytest.mark.parametrize(
+    ("retry_after", "expected"), [(2.0, 2.0), (0.01, 0.2), (0.0, 0.2), (31.0, 30.0), (1e9, 30.0)]
+)
+def test_retry_delay_with_retry_after_is_clamped_to_the_policy(
+    retry_after: float, expected: float
+) -> None:
+    policy = RetryPolicy()  # initialBackoffMs 200, maxBackoffMs 30000
+
+    for attempt in (1, 5, 50):
+        error = retryable(429, retry_after=retry_after)
+        assert delivery.retry_delay(policy, attempt, error, random.Random(attempt)) == expected
+
+
+def test_retry_after_within_the_cap_but_past_the_budget_gives_up() -> None:
+    policy = RetryPolicy(initialBackoffMs=100, maxBackoffMs=60_000, maxElapsedSeconds=30)
     fake = FakeTime()
-    error = retryable(429, retry_after=120.0)
+    error = retryable(429, retry_after=45.0)
     attempt, calls = scripted(fake, error)
 
     outcome = run(attempt, policy, fake)
 
     assert (outcome.ok, outcome.attempts, outcome.error) == (False, 1, error)
     assert fake.sleeps == []
+
+
+def test_a_retry_after_over_the_cap_is_asked_again_at_the_cap() -> None:
+    policy = RetryPolicy(maxAttempts=10, initialBackoffMs=100, jitter=0.0, maxElapsedSeconds=60)
+    fake = FakeTime()
+    attempt, calls = scripted(fake, retryable(429, retry_after=120.0), "ok")
+
+    outcome = run(attempt, policy, fake)
+
+    assert (outcome.ok, outcome.attempts) == (True, 2)
+    assert fake.sleeps == [30.0]  # the default maxBackoffMs
+
+
+# --------------------------------------------------------------------------- the defaults
+
+
+def test_the_default_policy_is_a_time_budget_of_30_minutes() -> None:
+    policy = RetryPolicy()
+
+    assert policy.maxAttempts is None
+    assert policy.maxElapsedSeconds == 1800
+    assert policy.maxBackoffMs == 30_000
+
+
+@pytest.mark.parametrize(
+    ("failure", "cost"),
+    [
+        (retryable(503), 0.0),  # answered at once with 503
+        (DeliveryError("connection failed: refused", retryable=True), 0.0),
+        (DeliveryError("timed out after 10 s", retryable=True), 10.0),  # the default timeout
+        (retryable(429), 0.0),
+    ],
+)
+@pytest.mark.parametrize("outage_minutes", [1, 5, 15, 25])
+def test_the_default_policy_rides_out_an_outage_of_minutes(
+    failure: DeliveryError, cost: float, outage_minutes: int
+) -> None:
+    """Issue 10: with 8 attempts (about 25 s) a 60 s outage dead-lettered 100 of 3,000."""
+    fake = FakeTime()
+    recovers_at = fake.now + outage_minutes * 60
+    calls: list[float] = []
+
+    async def attempt() -> str:
+        calls.append(fake.now)
+        fake.now += cost
+        if fake.now < recovers_at:
+            raise failure
+        return "delivered"
+
+    outcome = run(attempt, RetryPolicy(), fake)
+
+    assert (outcome.ok, outcome.result) == (True, "delivered")
+    assert max(fake.sleeps) <= 30.0
+    # delivered within one longest wait (plus an attempt) of the recovery
+    assert calls[-1] - recovers_at <= 30.0 + cost
+
+
+def test_the_default_policy_gives_up_only_after_its_budget() -> None:
+    fake = FakeTime()
+    started = fake.now
+    error = retryable(503)
+    attempt, calls = scripted(fake, error)
+
+    outcome = run(attempt, RetryPolicy(), fake)
+
+    assert (outcome.ok, outcome.error) == (False, error)
+    assert 1800 - 30 <= fake.now - started <= 1800
+    assert len(calls) > 60
+
+
+def test_the_default_policy_dead_letters_a_permanent_failure_at_once() -> None:
+    fake = FakeTime()
+    error = DeliveryError("HTTP 400: bad", retryable=False, status=400)
+    attempt, calls = scripted(fake, error, "never")
+
+    outcome = run(attempt, RetryPolicy(), fake)
+
+    assert (outcome.ok, outcome.attempts, fake.sleeps) == (False, 1, [])
 
 
 def test_permanent_failure_returns_at_once() -> None:
