@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,8 +271,19 @@ def _load_client_certificate(context: ssl.SSLContext, integration: Integration) 
 #: Kinds of connection problems. The permanent ones will not go away by retrying: a worker
 #: refuses to start on them instead of hanging.
 PERMANENT = frozenset(
-    {"authentication", "mechanism", "untrusted-certificate", "hostname-mismatch", "tls", "config"}
+    {
+        "authentication",
+        "mechanism",
+        "untrusted-certificate",
+        "hostname-mismatch",
+        "client-certificate",
+        "tls",
+        "config",
+    }
 )
+#: Missing ACLs: permanent for `herald check`, but a worker waits for them to be granted
+#: instead of exiting (an operator fixes ACLs on a running cluster; a restart loop helps no one).
+AUTHORIZATION = "authorization"
 
 
 @dataclass(frozen=True)
@@ -294,6 +306,21 @@ def classify(exc: BaseException, integration: Integration, address: str) -> Prob
     user = integration.username
     if isinstance(exc, SecurityError):
         return Problem("config", redact(str(exc), integration))
+    refused = _refused_client_certificate(exc)
+    if refused:
+        cert = integration.sslClientCertificatePath
+        if not cert:
+            return Problem(
+                "client-certificate",
+                f"{prefix}: the broker requires a TLS client certificate (mutual TLS) and the "
+                f"integration presents none ({refused}); set sslClientCertificatePath and "
+                "sslClientKeyPath",
+            )
+        return Problem(
+            "client-certificate",
+            f"{prefix}: the broker refused the TLS client certificate {cert!r} ({refused}); "
+            "use a certificate signed by a CA the broker's truststore holds",
+        )
     if isinstance(exc, ssl.SSLCertVerificationError):
         reason = exc.verify_message or _ssl_reason(exc)
         if "mismatch" in reason.lower() or exc.verify_code == 62:
@@ -383,6 +410,27 @@ def classify(exc: BaseException, integration: Integration, address: str) -> Prob
     )
 
 
+#: TLS alerts a server sends when it wants a client certificate it did not get, or does not
+#: trust the one it got. They arrive after the client's side of the handshake (TLS 1.3), so
+#: aiokafka reports a closed connection caused by the alert.
+_CLIENT_CERTIFICATE_ALERTS = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA")
+
+
+def _refused_client_certificate(exc: BaseException) -> str:
+    """The alert's name when `exc` (or what caused it) is a server refusing the client's
+    certificate, else ''."""
+    seen: BaseException | None = exc
+    for _ in range(3):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, ssl.SSLCertVerificationError):
+            reason = _ssl_reason(seen)
+            if any(alert in reason.upper() for alert in _CLIENT_CERTIFICATE_ALERTS):
+                return reason
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
 def _ssl_reason(exc: ssl.SSLError) -> str:
     return exc.reason or exc.strerror or str(exc) or exc.__class__.__name__
 
@@ -439,7 +487,6 @@ class ProbeResult:
 async def probe(integration: Integration, *, timeout: float = 10.0) -> ProbeResult:
     """Connect to the bootstrap servers as a client would (TLS, SASL), read the cluster's
     metadata, then connect to every advertised broker. Never raises."""
-    from aiokafka.conn import create_conn
     from aiokafka.protocol.metadata import MetadataRequest
 
     name = integration.name
@@ -448,21 +495,7 @@ async def probe(integration: Integration, *, timeout: float = 10.0) -> ProbeResu
     except SecurityError as exc:
         problem = classify(exc, integration, "truststore")
         return ProbeResult(name, False, problem.message, (problem,))
-    kwargs = settings.aiokafka_kwargs()
-    kwargs.pop("security_protocol")
-
-    async def connect(host: str, port: int):  # noqa: ANN202 - an AIOKafkaConnection
-        return await asyncio.wait_for(
-            create_conn(
-                host,
-                port,
-                client_id="herald-check",
-                request_timeout_ms=int(timeout * 1000),
-                security_protocol=settings.protocol,
-                **kwargs,
-            ),
-            timeout,
-        )
+    connect = connector(settings, timeout)
 
     problems: list[Problem] = []
     brokers: list[tuple[int, str, int]] = []
@@ -516,6 +549,30 @@ async def probe(integration: Integration, *, timeout: float = 10.0) -> ProbeResu
         f"{len(brokers)} broker(s): " + ", ".join(f"{h}:{p}" for _, h, p in brokers)
     )
     return ProbeResult(name, True, summary, tuple(problems))
+
+
+def connector(settings: ClientSecurity, timeout: float) -> Callable[[str, int], Awaitable[Any]]:
+    """``connect(host, port)``: one aiokafka connection with the integration's TLS and SASL,
+    authenticated, or the error a client would get (for `probe` and the access check)."""
+    from aiokafka.conn import create_conn
+
+    kwargs = settings.aiokafka_kwargs()
+    kwargs.pop("security_protocol")
+
+    async def connect(host: str, port: int) -> Any:
+        return await asyncio.wait_for(
+            create_conn(
+                host,
+                port,
+                client_id="herald-check",
+                request_timeout_ms=int(timeout * 1000),
+                security_protocol=settings.protocol,
+                **kwargs,
+            ),
+            timeout,
+        )
+
+    return connect
 
 
 async def _enabled_mechanisms(

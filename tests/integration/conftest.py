@@ -1,14 +1,15 @@
-"""Integration fixtures: Herald deployments per test; secured clusters and the test PKI,
-started once per session and only when a test asks."""
+"""Integration fixtures: Herald deployments per test; the test PKI; the secured views onto the
+session's Apache Kafka node (tests/conftest.py's `kafka`), started only when a test asks."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.support.herald import HeraldDeployment
-from tests.support.secured import SecuredCluster, start_cluster
+from tests.support.secured import SecuredCluster, secured_view
 from tests.support.tls import Pki, make_pki
 
 
@@ -23,32 +24,26 @@ def deployments() -> Iterator[list[HeraldDeployment]]:
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A PKI of its own, for TLS servers that are not the Kafka node (a schema registry).
+    The secured clusters' PKI is the node's: `ssl_cluster.pki`."""
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def _cluster(kind: str, tmp_path_factory: pytest.TempPathFactory, pki: Pki):
-    cluster = start_cluster(kind, tmp_path_factory.mktemp(kind.lower()), pki)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+@pytest.fixture(scope="session")
+def ssl_cluster(kafka: Any) -> SecuredCluster:
+    """The Kafka node's SSL listener; `.extra` has a wrong-host and a mutual-TLS listener.
+    Real Kafka even with HERALD_TEST_BROKER=tansu: tansu cannot do TLS."""
+    return secured_view(kafka, "SSL")
 
 
 @pytest.fixture(scope="session")
-def ssl_cluster(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[SecuredCluster]:
-    """TLS in front of tansu (stunnel), plus a wrong-host port and a mutual-TLS port."""
-    yield from _cluster("SSL", tmp_path_factory, pki)
+def sasl_cluster(kafka: Any) -> SecuredCluster:
+    """The Kafka node's SASL_PLAINTEXT listener (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512);
+    `.extra["scram-sha-512-only"]` enables SCRAM-SHA-512 alone."""
+    return secured_view(kafka, "SASL_PLAINTEXT")
 
 
 @pytest.fixture(scope="session")
-def sasl_cluster(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[SecuredCluster]:
-    """The SASL gateway (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) in front of tansu."""
-    yield from _cluster("SASL_PLAINTEXT", tmp_path_factory, pki)
-
-
-@pytest.fixture(scope="session")
-def sasl_ssl_cluster(
-    tmp_path_factory: pytest.TempPathFactory, pki: Pki
-) -> Iterator[SecuredCluster]:
-    """TLS (stunnel) in front of the SASL gateway in front of tansu."""
-    yield from _cluster("SASL_SSL", tmp_path_factory, pki)
+def sasl_ssl_cluster(kafka: Any) -> SecuredCluster:
+    """The Kafka node's SASL_SSL listener (the same mechanisms inside TLS)."""
+    return secured_view(kafka, "SASL_SSL")

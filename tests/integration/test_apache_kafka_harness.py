@@ -144,6 +144,7 @@ def _roundtrip(kafka: KafkaNode, listener: str, group: bool = True, **client: An
         ("SASL_SSL", "SCRAM-SHA-512"),
         ("SASL_SSL", "PLAIN"),
         ("SASL_PLAINTEXT", "SCRAM-SHA-256"),
+        ("SCRAM512", "SCRAM-SHA-512"),  # the listener that enables SCRAM-SHA-512 alone
     ],
 )
 def test_produce_and_consume_on_each_listener(

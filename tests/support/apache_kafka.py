@@ -17,6 +17,11 @@ SSL            SSL              TLS, server cert from tests/support/tls.py's PKI
 MTLS           SSL              TLS that requires a client certificate
 SASL_PLAINTEXT SASL_PLAINTEXT   PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
 SASL_SSL       SASL_SSL         the same mechanisms inside TLS
+WRONGHOST      SSL              TLS with tls.py's ``wrong-host`` certificate: it names
+                                ``kafka.example.invalid`` only, so reaching it as
+                                127.0.0.1 is a host name mismatch
+SCRAM512       SASL_PLAINTEXT   SCRAM-SHA-512 only (a client asking for PLAIN or
+                                SCRAM-SHA-256 is told what the listener enables)
 CONTROLLER     PLAINTEXT        KRaft only (not advertised)
 ============== ================ ================================================
 
@@ -67,6 +72,8 @@ __all__ = [
     "ADMIN",
     "DEFAULT_VERSION",
     "LISTENERS",
+    "LISTENER_CERTIFICATES",
+    "LISTENER_MECHANISMS",
     "MECHANISMS",
     "USERS",
     "KafkaCluster",
@@ -90,8 +97,14 @@ LISTENERS: dict[str, str] = {
     "MTLS": "SSL",
     "SASL_PLAINTEXT": "SASL_PLAINTEXT",
     "SASL_SSL": "SASL_SSL",
+    "WRONGHOST": "SSL",
+    "SCRAM512": "SASL_PLAINTEXT",
 }
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: Listeners that enable fewer SASL mechanisms than :data:`MECHANISMS` (the others enable all).
+LISTENER_MECHANISMS: dict[str, tuple[str, ...]] = {"SCRAM512": ("SCRAM-SHA-512",)}
+#: Listeners that present another certificate than tls.py's ``server`` one (the PKI's stem).
+LISTENER_CERTIFICATES: dict[str, str] = {"WRONGHOST": "wrong-host"}
 ADMIN = "admin"
 #: User -> password, for PLAIN and both SCRAM mechanisms. The first two match
 #: tests/support/secured.py so tests can move between tansu's gateway and real Kafka.
@@ -387,8 +400,9 @@ class KafkaNode:
                 context.load_cert_chain(self.pki.path("client.pem"), self.pki.path("client.key"))
             kwargs["ssl_context"] = context
         if protocol.startswith("SASL"):
-            if mechanism not in MECHANISMS:
-                raise ValueError(f"mechanism must be one of {MECHANISMS}")
+            enabled = LISTENER_MECHANISMS.get(listener, MECHANISMS)
+            if mechanism not in enabled:
+                raise ValueError(f"{listener} enables only {enabled}")
             kwargs.update(
                 sasl_mechanism=mechanism,
                 sasl_plain_username=user,
@@ -404,12 +418,8 @@ class KafkaNode:
         mechanism: str = "SCRAM-SHA-256",
         **overrides: Any,
     ) -> dict[str, Any]:
-        """Herald integration fields that connect to `listener` (PEM truststore).
-
-        MTLS is left out: Herald's integration has no client-certificate fields.
-        """
-        if listener == "MTLS":
-            raise ValueError("Herald integrations cannot present a client certificate")
+        """Herald integration fields that connect to `listener` (PEM truststore; on MTLS
+        also tls.py's client certificate, so the principal is ``User:herald-client``)."""
         protocol = LISTENERS[listener]
         fields: dict[str, Any] = {"bootstrapServers": self.address(listener)}
         if protocol.startswith("SASL"):
@@ -423,18 +433,25 @@ class KafkaNode:
         if protocol.endswith("SSL"):
             assert self.pki is not None
             fields.update(truststoreType="PEM", truststorePath=self.pki.ca)
+        if listener == "MTLS":
+            assert self.pki is not None
+            fields.update(
+                sslClientCertificatePath=self.pki.path("client.pem"),
+                sslClientKeyPath=self.pki.path("client.key"),
+            )
         fields.update(overrides)
         return fields
 
     # ----------------------------------------------------------------- configuration
 
-    def _keystore(self) -> Path:
-        """Server key and certificate chain in one PEM file, as Kafka's PEM keystore wants."""
+    def _keystore(self, stem: str = "server") -> Path:
+        """A key and its certificate chain in one PEM file, as Kafka's PEM keystore wants
+        (`stem` names the PKI's key pair: ``server`` or ``wrong-host``)."""
         assert self.pki is not None
-        path = self.workdir / "server-keystore.pem"
+        path = self.workdir / f"{stem}-keystore.pem"
         path.write_text(
-            Path(self.pki.path("server.key")).read_text()
-            + Path(self.pki.path("server.pem")).read_text()
+            Path(self.pki.path(f"{stem}.key")).read_text()
+            + Path(self.pki.path(f"{stem}.pem")).read_text()
             + Path(self.pki.ca).read_text()
         )
         return path
@@ -459,6 +476,8 @@ class KafkaNode:
             "log.dirs": str(self.data_dir),
             # Tests: no first-join wait, internal topics that fit the node count.
             "group.initial.rebalance.delay.ms": "0",
+            # The tests' workers use 3 s sessions, so a killed worker's partitions move fast.
+            "group.min.session.timeout.ms": "1000",
             "offsets.topic.replication.factor": r,
             "offsets.topic.num.partitions": "5",
             "transaction.state.log.replication.factor": r,
@@ -496,10 +515,12 @@ class KafkaNode:
                 props[f"{prefix}.plain.sasl.jaas.config"] = _jaas_plain(self.users)
                 props[f"{prefix}.scram-sha-256.sasl.jaas.config"] = _SCRAM_JAAS
                 props[f"{prefix}.scram-sha-512.sasl.jaas.config"] = _SCRAM_JAAS
+                if name in LISTENER_MECHANISMS:
+                    props[f"{prefix}.sasl.enabled.mechanisms"] = ",".join(LISTENER_MECHANISMS[name])
         if self.pki is not None and any(LISTENERS[n].endswith("SSL") for n in self.ports):
-            keystore = self._keystore()
             for name in (n for n in self.ports if LISTENERS[n].endswith("SSL")):
                 prefix = f"listener.name.{name.lower()}"
+                keystore = self._keystore(LISTENER_CERTIFICATES.get(name, "server"))
                 props[f"{prefix}.ssl.keystore.type"] = "PEM"
                 props[f"{prefix}.ssl.keystore.location"] = str(keystore)
                 props[f"{prefix}.ssl.truststore.type"] = "PEM"

@@ -1,51 +1,63 @@
-"""Secured test clusters: tansu behind stunnel (TLS), the SASL gateway, or both.
+"""Secured views onto the session's Apache Kafka node: one per security protocol.
 
-    SSL             client --TLS--> stunnel --> tansu            (tansu advertises stunnel)
-    SASL_PLAINTEXT  client --> SASL gateway --> tansu            (tansu advertises the gateway)
-    SASL_SSL        client --TLS--> stunnel --> SASL gateway --> tansu (advertises stunnel)
+The `ssl_cluster`, `sasl_cluster` and `sasl_ssl_cluster` fixtures used to be a tansu each,
+behind stunnel (TLS) and a home-made SASL gateway. They are now listeners of the one real
+broker (tests.support.apache_kafka.KafkaNode), so TLS, SASL and ACLs are Kafka's own:
 
-Each kind is its own tansu (in memory), because a broker advertises one address. The SSL kind
-also serves the same broker on a port whose certificate is for another host name (a hostname
-mismatch) and on a port that requires a client certificate (mutual TLS).
+    SSL             the SSL listener; extra: `wrong-host` (the WRONGHOST listener, whose
+                    certificate does not name 127.0.0.1) and `mtls` (client certificate required)
+    SASL_PLAINTEXT  the SASL_PLAINTEXT listener; extra: `scram-sha-512-only` (SCRAM512)
+    SASL_SSL        the SASL_SSL listener
+
+Every view shares the node, its PKI and its users, so a record written through one is read
+through another.
 """
 
 from __future__ import annotations
 
-import ssl
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from agents.embedded.broker import EmbeddedBroker, free_port
-from tests.support.sasl_gateway import SaslGateway
-from tests.support.tls import TRUSTSTORE_PASSWORD, Pki, Stunnel, TlsService
+from tests.support.apache_kafka import USERS, KafkaNode
+from tests.support.tls import TRUSTSTORE_PASSWORD, Pki
 
-USERS = {"herald": "herald-Secret-pw-7", "reader": "reader-Secret-pw-8"}
-USER, PASSWORD = "herald", USERS["herald"]
+__all__ = ["PASSWORD", "USER", "USERS", "SecuredCluster", "secured_view"]
+
+USER = "herald"
+PASSWORD = USERS[USER]
+
+#: Extra addresses of each view, by the names the tests use -> the node's listener.
+_EXTRA: dict[str, dict[str, str]] = {
+    "SSL": {"wrong-host": "WRONGHOST", "mtls": "MTLS"},
+    "SASL_PLAINTEXT": {"scram-sha-512-only": "SCRAM512"},
+    "SASL_SSL": {},
+}
 
 
-@dataclass
+@dataclass(frozen=True)
 class SecuredCluster:
-    kind: str  # SSL, SASL_PLAINTEXT, SASL_SSL
-    bootstrap: str
-    broker: EmbeddedBroker
-    pki: Pki
-    gateway: SaslGateway | None = None
-    stunnel: Stunnel | None = None
-    extra: dict[str, str] = field(default_factory=dict)  # wrong-host, mtls addresses
+    """One security protocol of the session's Kafka node, with the settings tests need."""
+
+    kind: str  # SSL, SASL_PLAINTEXT, SASL_SSL: also the node's listener name
+    node: KafkaNode
+
+    @property
+    def bootstrap(self) -> str:
+        return self.node.address(self.kind)
+
+    @property
+    def pki(self) -> Pki:
+        assert self.node.pki is not None
+        return self.node.pki
+
+    @property
+    def extra(self) -> dict[str, str]:
+        """Other listeners of the same broker, by purpose (see the module docstring)."""
+        return {name: self.node.address(listener) for name, listener in _EXTRA[self.kind].items()}
 
     def integration(self, mechanism: str = "SCRAM-SHA-256", **overrides: Any) -> dict[str, Any]:
-        """Herald integration fields that connect to this cluster (PEM truststore)."""
-        fields: dict[str, Any] = {"bootstrapServers": self.bootstrap}
-        if self.kind == "SSL":
-            fields["connectionSecurity"] = "SSL"
-        else:
-            fields["connectionSecurity"] = f"{self.kind} / {mechanism}"
-            fields.update(username=USER, password=PASSWORD)
-        if self.kind.endswith("SSL"):
-            fields.update(truststoreType="PEM", truststorePath=self.pki.ca)
-        fields.update(overrides)
-        return fields
+        """Herald integration fields for this listener as `herald` (PEM truststore)."""
+        return self.node.integration(self.kind, user=USER, mechanism=mechanism, **overrides)
 
     def jks(self) -> dict[str, Any]:
         return {
@@ -56,17 +68,10 @@ class SecuredCluster:
 
     def client_kwargs(self, mechanism: str = "SCRAM-SHA-512") -> dict[str, Any]:
         """aiokafka settings for the test harness's own clients (topic setup, read-back)."""
-        kwargs: dict[str, Any] = {"security_protocol": self.kind}
-        if self.kind.endswith("SSL"):
-            kwargs["ssl_context"] = ssl.create_default_context(cafile=self.pki.ca)
-        if self.kind.startswith("SASL"):
-            kwargs.update(
-                sasl_mechanism=mechanism, sasl_plain_username=USER, sasl_plain_password=PASSWORD
-            )
-        return kwargs
+        return self.node.client_kwargs(self.kind, user=USER, mechanism=mechanism)
 
     def confluent_config(self, mechanism: str = "SCRAM-SHA-512") -> dict[str, Any]:
-        """librdkafka (confluent-kafka) settings for this cluster."""
+        """librdkafka (confluent-kafka) settings for this listener."""
         config: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap,
             "security.protocol": self.kind,
@@ -79,59 +84,11 @@ class SecuredCluster:
             )
         return config
 
-    def stop(self) -> None:
-        if self.stunnel is not None:
-            self.stunnel.stop()
-        if self.gateway is not None:
-            self.gateway.stop()
-        self.broker.stop()
 
-
-def start_cluster(kind: str, workdir: Path, pki: Pki) -> SecuredCluster:
-    workdir.mkdir(parents=True, exist_ok=True)
-    tls = kind.endswith("SSL")
-    sasl = kind.startswith("SASL")
-    tls_port = free_port() if tls else None
-    gateway_port = free_port() if sasl else None
-    advertised = f"127.0.0.1:{tls_port or gateway_port}"
-    broker = EmbeddedBroker(advertised=advertised, log_path=workdir / "tansu.log").start()
-    cluster = SecuredCluster(kind, advertised, broker, pki)
-    try:
-        relay_port = broker.port
-        if sasl:
-            cluster.gateway = SaslGateway(
-                ("127.0.0.1", broker.port), USERS, port=gateway_port
-            ).start()
-            relay_port = cluster.gateway.port
-        if tls:
-            assert tls_port is not None and relay_port is not None
-            services = [
-                TlsService(
-                    "kafka", tls_port, relay_port, pki.path("server.pem"), pki.path("server.key")
-                )
-            ]
-            if kind == "SSL":
-                wrong, mtls = free_port(), free_port()
-                services += [
-                    TlsService(
-                        "wrong-host",
-                        wrong,
-                        relay_port,
-                        pki.path("wrong-host.pem"),
-                        pki.path("wrong-host.key"),
-                    ),
-                    TlsService(
-                        "mtls",
-                        mtls,
-                        relay_port,
-                        pki.path("server.pem"),
-                        pki.path("server.key"),
-                        client_ca=pki.ca,
-                    ),
-                ]
-                cluster.extra = {"wrong-host": f"127.0.0.1:{wrong}", "mtls": f"127.0.0.1:{mtls}"}
-            cluster.stunnel = Stunnel(workdir, services).start()
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
+def secured_view(node: KafkaNode, kind: str) -> SecuredCluster:
+    """The `kind` view of `node`; KeyError when the node lacks one of its listeners."""
+    if kind not in _EXTRA:
+        raise ValueError(f"kind must be one of {sorted(_EXTRA)}")
+    view = SecuredCluster(kind, node)
+    _ = (view.bootstrap, view.extra)  # a missing listener fails the fixture, not the test
+    return view

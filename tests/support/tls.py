@@ -1,9 +1,8 @@
-"""TLS for tests: a throw-away PKI made at test time, truststores, and stunnel in front of tansu.
+"""TLS for tests: a throw-away PKI made at test time, and truststores.
 
-tansu cannot terminate TLS itself, so a real TLS endpoint is Debian's `stunnel4`: it accepts TLS
-on one port and relays the plain bytes to the broker (or to the SASL gateway). The broker must
-advertise the TLS port, so every TLS test broker is its own tansu started with
-`--advertised-listener-url` set to stunnel's port (see `secured_broker`).
+The Apache Kafka test broker (tests/support/apache_kafka.py) serves TLS with it: the `server`
+certificate on its SSL, MTLS and SASL_SSL listeners, `wrong-host` on WRONGHOST. The schema
+registry stand-in and the HTTP client tests use it too.
 
 `make_pki` writes, into one directory:
 
@@ -19,14 +18,10 @@ advertise the TLS port, so every TLS test broker is its own tansu started with
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
-import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +30,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
-from agents.embedded.broker import free_port
 
 TRUSTSTORE_PASSWORD = "trust-me-not-42"
 
@@ -223,98 +216,3 @@ def keytool_jks(pki: Pki, path: Path, password: str) -> bool:
         timeout=60,
     )
     return True
-
-
-# --------------------------------------------------------------------------- stunnel
-
-
-def stunnel_binary() -> str:
-    for name in ("stunnel4", "stunnel"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise RuntimeError(
-        "stunnel is not installed: apt-get install -y stunnel4 (.ci/run installs it)"
-    )
-
-
-@dataclass(frozen=True)
-class TlsService:
-    """One stunnel service: TLS on `accept` relayed to plain `connect`."""
-
-    name: str
-    accept: int
-    connect: int
-    cert: str
-    key: str
-    client_ca: str | None = None  # require client certificates signed by this CA
-
-
-class Stunnel:
-    """A stunnel process with one or more services, logging into `workdir`."""
-
-    def __init__(self, workdir: Path, services: Sequence[TlsService]) -> None:
-        self.workdir = workdir
-        self.services = list(services)
-        self.config = workdir / "stunnel.conf"
-        self.log = workdir / "stunnel.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 15.0) -> Stunnel:
-        lines = ["foreground = yes", "pid =", f"output = {self.log}", "debug = 5", ""]
-        for service in self.services:
-            lines += [
-                f"[{service.name}]",
-                f"accept = 127.0.0.1:{service.accept}",
-                f"connect = 127.0.0.1:{service.connect}",
-                f"cert = {service.cert}",
-                f"key = {service.key}",
-            ]
-            if service.client_ca:
-                lines += [f"CAfile = {service.client_ca}", "verifyChain = yes"]
-            lines.append("")
-        self.config.write_text("\n".join(lines))
-        self._process = subprocess.Popen(
-            [stunnel_binary(), str(self.config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        pending = {s.accept for s in self.services}
-        while pending:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"stunnel exited: {self.log_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"stunnel did not listen: {self.log_text()[-2000:]}")
-            for port in list(pending):
-                with contextlib.suppress(OSError):
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    pending.discard(port)
-            time.sleep(0.05)
-        return self
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
-            process.wait(timeout=5)
-
-
-def tls_ports(count: int) -> list[int]:
-    return [free_port() for _ in range(count)]
