@@ -19,6 +19,7 @@ from faust.types import TP
 from agents.batches import BatchChannel
 from agents.connectivity import broker_credentials
 from agents.heartbeats import register_heartbeats
+from agents.idempotence import IdempotentHeraldApp
 from agents.limits import record_limit, topic_limits
 from agents.monitor import HeraldMonitor
 from agents.rules import RuleSet
@@ -27,7 +28,6 @@ from agents.sinks import SinkRunner
 from agents.sources import SourceRunner
 from agents.tables import DurableTable, RulesTable, declare_tables
 from agents.topics import declare_topics, rules_name
-from agents.transport import HeraldApp
 from agents.unreadable import register_skipper
 from agents.views import register_views
 from streams.config.capabilities import check_supported
@@ -64,7 +64,9 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
     check_supported(config, config_file)
     home = config.home
     settings = config.herald
-    app = HeraldApp(
+    # Idempotent producers where the broker has them (agents.idempotence): a retried produce
+    # can neither duplicate nor reorder an action request.
+    app = IdempotentHeraldApp(
         home.consumerGroupId,
         broker=[f"kafka://{server.strip()}" for server in home.bootstrapServers.split(",")],
         broker_credentials=broker_credentials(config.home),

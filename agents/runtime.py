@@ -13,6 +13,7 @@ import faust
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
+from agents.idempotence import client_settings, supports_idempotence
 from agents.rules import RuleSet
 from agents.tables import Tables
 from agents.topics import Topics
@@ -177,11 +178,17 @@ class Runtime:
         producer = self._producers.get(name)
         if producer is None:
             integration = self.config.integration(name)
+            kwargs = aiokafka_kwargs(integration)
+            try:  # idempotent where the broker has it (agents.idempotence)
+                idempotent = await supports_idempotence(client_settings(kwargs))
+            except Exception:  # unreachable: the start below fails and says why
+                idempotent = False
             producer = AIOKafkaProducer(
                 acks="all",
+                enable_idempotence=idempotent,
                 compression_type=integration.producer_compression,
                 max_request_size=integration.maxRequestSize,
-                **aiokafka_kwargs(integration),
+                **kwargs,
             )
             try:
                 await producer.start()

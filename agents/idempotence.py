@@ -1,0 +1,142 @@
+"""Idempotent producers where the broker has them (issue 11).
+
+A produce the client retries (a timeout, a leader change, a broker that crashed after writing
+but before answering) is written twice by a plain producer, and with more than one request in
+flight a retried batch can land after a later one: a key's action requests out of order. An
+idempotent producer (KIP-98: a producer id from ``InitProducerId``, a sequence number per
+partition in every batch) lets the broker drop the duplicate and refuse the gap, so a retry
+can neither duplicate nor reorder.
+
+Not every Kafka-protocol broker has them: tansu (the embedded broker of ``herald demo``)
+answers ``InitProducerId`` with an error, and an aiokafka producer with
+``enable_idempotence=True`` then never sends anything. So Herald asks the broker once, when
+the producer starts (:func:`supports_idempotence`: a real ``InitProducerId`` without a
+transactional id, the very request the producer would send first), and turns idempotence on
+only if the broker hands out a producer id. The answer is logged, so an operator can see
+which one a worker runs with.
+
+Faust's aiokafka producer enables idempotence only inside transactions
+(``Producer._settings_extra``); :class:`HeraldProducer` adds it there, and
+:class:`IdempotentHeraldApp` is Herald's app with a transport that builds that producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import for_code
+from aiokafka.protocol.transaction import InitProducerIdRequest
+from faust.transport.drivers import aiokafka as aiokafka_driver
+
+from agents.transport import HeraldApp, HeraldTransport
+
+log = logging.getLogger("herald.producer")
+
+__all__ = ["HeraldProducer", "IdempotentHeraldApp", "client_settings", "supports_idempotence"]
+
+#: aiokafka producer settings an `AIOKafkaClient` takes too (where and how to connect).
+_CLIENT_KEYS = (
+    "bootstrap_servers",
+    "client_id",
+    "metadata_max_age_ms",
+    "connections_max_idle_ms",
+    "api_version",
+    "security_protocol",
+    "ssl_context",
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
+    "sasl_kerberos_service_name",
+    "sasl_kerberos_domain_name",
+    "sasl_oauth_token_provider",
+)
+
+
+def client_settings(producer_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The connection part of aiokafka producer settings, for a probe client (not the
+    request timeout: the probe has its own)."""
+    return {k: producer_settings[k] for k in _CLIENT_KEYS if k in producer_settings}
+
+
+async def supports_idempotence(client_kwargs: Mapping[str, Any], timeout: float = 10.0) -> bool:
+    """Whether the broker hands out producer ids (``InitProducerId`` without a transactional
+    id, which any broker of the cluster answers).
+
+    A broker that refuses it (tansu: an error code; a pre-0.11 broker: no such request) gets
+    a plain producer. Retriable answers (Kafka's producer-id manager still loading after a
+    start) are asked again until `timeout`; then the answer is no, so a worker on a slow
+    broker still starts. A broker that cannot be reached at all raises, as the producer's own
+    start would.
+    """
+    # Its own request timeout: Faust's producer waits up to 20 minutes for an answer.
+    client = AIOKafkaClient(**{**client_kwargs, "request_timeout_ms": int(timeout * 1000)})
+    deadline = time.monotonic() + timeout
+    try:
+        await client.bootstrap()
+        while True:
+            node = client.get_random_node()
+            reason: str
+            try:
+                response = await client.send(node, InitProducerIdRequest(None, 60_000))
+            except Exception as exc:  # refused version, dropped connection
+                reason = f"{exc.__class__.__name__}: {exc}"
+                retriable = bool(getattr(exc, "retriable", False))
+            else:
+                if response.error_code == 0 and response.producer_id >= 0:
+                    return True
+                error = for_code(response.error_code)
+                reason = f"InitProducerId answered {error.__name__} ({response.error_code})"
+                retriable = bool(getattr(error, "retriable", False))
+            if not retriable:
+                log.info("the broker has no idempotent producers (%s)", reason)
+                return False
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "the broker gave no producer id within %.0fs (%s): plain producer",
+                    timeout,
+                    reason,
+                )
+                return False
+            await asyncio.sleep(0.2)
+    finally:
+        await client.close()
+
+
+class HeraldProducer(aiokafka_driver.Producer):
+    """Faust's aiokafka producer, idempotent (``enable_idempotence``, ``acks=all``) when the
+    broker supports it."""
+
+    #: Set by :meth:`on_start` from the broker's answer.
+    idempotent: bool = False
+
+    async def on_start(self) -> None:
+        settings = {**self._settings_default(), **self._settings_auth()}
+        self.idempotent = await supports_idempotence(client_settings(settings))
+        log.info(
+            "producer: idempotence %s",
+            "on (enable_idempotence, acks=all)" if self.idempotent else "off",
+        )
+        await super().on_start()
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        if self.idempotent:
+            return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+        return super()._settings_extra()
+
+
+class IdempotentTransport(HeraldTransport):
+    """Herald's transport with :class:`HeraldProducer`."""
+
+    Producer = HeraldProducer
+
+
+class IdempotentHeraldApp(HeraldApp):
+    """Herald's app on :class:`IdempotentTransport`."""
+
+    def _new_transport(self) -> IdempotentTransport:
+        return IdempotentTransport(self.conf.broker_consumer, self)
