@@ -15,6 +15,16 @@ transactional id, the very request the producer would send first), and turns ide
 only if the broker hands out a producer id. The answer is logged, so an operator can see
 which one a worker runs with.
 
+**Opt-in** (`herald.idempotentProducer`, default false), because of what an integration test
+on Apache Kafka 4.4 showed (tests/integration/test_size_limits.py with the setting on): a
+batch the broker refuses for good (a record over a max.message.bytes lowered at runtime) has
+used its sequence numbers; the partition's next batch is then refused as
+OutOfOrderSequenceNumber, which aiokafka 0.14 treats as fatal: its sender task ends and every
+later produce of the worker fails, a stall of everything. Kafka's Java producer recovers by
+bumping the epoch (KIP-360); aiokafka does not. Without idempotence a retried produce may be
+written twice (the dedupe table and the dead letters' stable ids absorb that) and order
+holds, aiokafka sending one batch per partition at a time.
+
 Faust's aiokafka producer enables idempotence only inside transactions
 (``Producer._settings_extra``); :class:`HeraldProducer` adds it there, and
 :class:`IdempotentHeraldApp` is Herald's app with a transport that builds that producer.
@@ -115,8 +125,10 @@ class HeraldProducer(aiokafka_driver.Producer):
     idempotent: bool = False
 
     async def on_start(self) -> None:
-        settings = {**self._settings_default(), **self._settings_auth()}
-        self.idempotent = await supports_idempotence(client_settings(settings))
+        runtime = getattr(self.app, "herald", None)
+        if runtime is not None and runtime.config.herald.idempotentProducer:
+            settings = {**self._settings_default(), **self._settings_auth()}
+            self.idempotent = await supports_idempotence(client_settings(settings))
         log.info(
             "producer: idempotence %s",
             "on (enable_idempotence, acks=all)" if self.idempotent else "off",

@@ -179,10 +179,12 @@ class Runtime:
         if producer is None:
             integration = self.config.integration(name)
             kwargs = aiokafka_kwargs(integration)
-            try:  # idempotent where the broker has it (agents.idempotence)
-                idempotent = await supports_idempotence(client_settings(kwargs))
-            except Exception:  # unreachable: the start below fails and says why
-                idempotent = False
+            idempotent = False
+            if self.config.herald.idempotentProducer:  # opt-in: see agents.idempotence
+                try:
+                    idempotent = await supports_idempotence(client_settings(kwargs))
+                except Exception:  # unreachable: the start below fails and says why
+                    idempotent = False
             producer = AIOKafkaProducer(
                 acks="all",
                 enable_idempotence=idempotent,

@@ -424,6 +424,13 @@ class HeraldSettings(Strict):
     # consumer's limits) stops its partition: `stop` waits for `herald skip`, `skip` skips
     # it at once. Either way the skipped offsets and the reason go to the dead-letter topic.
     unreadableBatches: Literal["stop", "skip"] = "stop"
+    # Idempotent producers (enable.idempotence) where the broker has them. Off by default:
+    # aiokafka cannot restart a partition's sequence after a batch the broker refused (too
+    # large, invalid), so one refused record stops every later produce of the worker
+    # (agents/idempotence.py). Without it a retried produce may be written twice, which the
+    # dedupe table and the dead letters' ids absorb; order holds (one batch in flight per
+    # partition).
+    idempotentProducer: StrictBool = False
     # Ping ilert heartbeats from the leader worker (ilagent's -b), and serve ilert's event API
     # on the web port (ilagent's -p): see agents/heartbeats.py and agents/ilagent_api.py.
     heartbeats: list[HeartbeatPing] = Field(default_factory=list)

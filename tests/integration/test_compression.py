@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
-from agents.embedded.broker import EmbeddedBroker
+from agents.embedded.broker import EmbeddedBroker, create_topics
 from agents.embedded.receiver import Receiver
 from tests.integration.test_guarantees import messages, numbered_handler, wait_all
 from tests.support.herald import HeraldDeployment, webhook_target
@@ -75,6 +75,13 @@ def test_a_record_too_large_to_forward_is_dead_lettered_and_the_rest_flows(
     """A 5 MB JSON value whose action would carry it whole: the producer's limit (1 MB by
     default) refuses that request, which once crashed the worker on every restart."""
     topic = unique_topic("large")
+    # A topic that takes records of megabytes, as one carrying them is set up on Kafka (the
+    # broker's default max.message.bytes is 1 MiB; a segment must hold the batch too).
+    create_topics(
+        broker.bootstrap,
+        {topic: 1},
+        configs={topic: {"max.message.bytes": "8000000", "segment.bytes": "16777216"}},
+    )
     handler = {
         "name": "whole",
         "event": f"kafka:local:{topic}",

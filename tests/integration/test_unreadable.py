@@ -5,6 +5,10 @@ the worker, and every restart met the same batch again. Now the partition stops 
 with an error naming integration, topic, partition and offset (log and /ready), everything
 else keeps flowing, and `herald skip` (or `herald.unreadableBatches: skip`) records the range
 on the dead-letter topic and resumes the partition, committing past it only then.
+
+These run on tansu: Apache Kafka validates every batch's CRC when it is produced and refuses
+a corrupt one (CORRUPT_MESSAGE), so a Kafka consumer meets one only from a damaged disk or
+an intermediary; tansu stores the bytes as sent, which lets the test put one in the log.
 """
 
 from __future__ import annotations
@@ -80,14 +84,14 @@ def deployment(
 
 
 def test_a_corrupt_batch_stops_its_partition_until_herald_skip(
-    broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
+    tansu: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
 ) -> None:
     topic, other = unique_topic("corrupt"), unique_topic("clean")
-    herald = deployment(tmp_path, broker, receiver, topic, other)
+    herald = deployment(tmp_path, tansu, receiver, topic, other)
     try:
-        bad = write_partition_zero(broker.bootstrap, topic)
-        produce(broker.bootstrap, topic, [{"value": v, "partition": 1} for v in numbered(100, 20)])
-        produce(broker.bootstrap, other, [{"value": v} for v in numbered(200, 20)])
+        bad = write_partition_zero(tansu.bootstrap, topic)
+        produce(tansu.bootstrap, topic, [{"value": v, "partition": 1} for v in numbered(100, 20)])
+        produce(tansu.bootstrap, other, [{"value": v} for v in numbered(200, 20)])
         worker = herald.start_worker()
 
         # Everything but partition 0 from the corrupt batch on is delivered.
@@ -104,10 +108,10 @@ def test_a_corrupt_batch_stops_its_partition_until_herald_skip(
         assert f"Partition {topic}/0 is stopped at offset {bad}" in log
         assert "integration local" in log
         # More records behind the stop wait; the other topic keeps flowing meanwhile.
-        produce(broker.bootstrap, other, [{"value": v} for v in numbered(220, 10)])
+        produce(tansu.bootstrap, other, [{"value": v} for v in numbered(220, 10)])
         wait_all(receiver, set(range(220, 230)), timeout=60)
         assert wait_delivered(receiver, set(range(15, 25)), timeout=3) == set(range(15, 25))
-        assert committed(broker.bootstrap, herald.group, topic) <= bad
+        assert committed(tansu.bootstrap, herald.group, topic) <= bad
 
         env = {**os.environ, "HERALD_CONFIG": str(herald.config_path)}
         args = ["--topic", topic, "--partition", "0", "--offset", str(bad)]
@@ -122,7 +126,7 @@ def test_a_corrupt_batch_stops_its_partition_until_herald_skip(
         print(result.stdout.strip())
 
         wait_all(receiver, set(range(15, 25)), timeout=60)
-        letters = consume(broker.bootstrap, herald.dlq_topic, 1, timeout=30)
+        letters = consume(tansu.bootstrap, herald.dlq_topic, 1, timeout=30)
         letter = letters[0]["json"]
         print(f"dead letter: {letter['reason']}")
         assert letter["stage"] == "fetch"
@@ -131,7 +135,7 @@ def test_a_corrupt_batch_stops_its_partition_until_herald_skip(
         assert "CorruptRecordException" in letter["reason"]
         wait_for(
             "the commit past the batch",
-            lambda: committed(broker.bootstrap, herald.group, topic) == bad + 15,
+            lambda: committed(tansu.bootstrap, herald.group, topic) == bad + 15,
         )
         assert ready(worker)["unreadablePartitions"] == []
         assert worker.running
@@ -143,16 +147,16 @@ def test_a_corrupt_batch_stops_its_partition_until_herald_skip(
 
 
 def test_unreadable_batches_skip_setting_skips_and_records_at_once(
-    broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
+    tansu: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
 ) -> None:
     topic, other = unique_topic("corrupt"), unique_topic("clean")
-    herald = deployment(tmp_path, broker, receiver, topic, other, unreadableBatches="skip")
+    herald = deployment(tmp_path, tansu, receiver, topic, other, unreadableBatches="skip")
     try:
-        bad = write_partition_zero(broker.bootstrap, topic)
-        produce(broker.bootstrap, other, [{"value": v} for v in numbered(200, 20)])
+        bad = write_partition_zero(tansu.bootstrap, topic)
+        produce(tansu.bootstrap, other, [{"value": v} for v in numbered(200, 20)])
         worker = herald.start_worker()
         wait_all(receiver, set(range(10)) | set(range(15, 25)) | set(range(200, 220)), timeout=90)
-        letters = consume(broker.bootstrap, herald.dlq_topic, 1, timeout=30)
+        letters = consume(tansu.bootstrap, herald.dlq_topic, 1, timeout=30)
         assert letters[0]["json"]["stage"] == "fetch"
         assert letters[0]["json"]["source"]["offset"] == bad
         assert "herald.unreadableBatches: skip" in letters[0]["json"]["reason"]

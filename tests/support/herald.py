@@ -18,14 +18,20 @@ import yaml
 
 from agents.embedded.broker import create_topics
 from agents.embedded.worker import WorkerProcess
+from tests.support.brokers import is_tansu
 
 FAST_SETTINGS: dict[str, Any] = {
-    # tansu completes a group's first join after half the session timeout: keep it short.
+    # Short sessions, so a killed worker's partitions move within seconds (the test broker
+    # allows sessions from 1 s: group.min.session.timeout.ms).
     "sessionTimeoutSeconds": 3.0,
-    "fetchMaxWaitMs": 10,  # tansu holds every fetch to its deadline
     "commitIntervalSeconds": 0.5,
     "actionPartitions": 4,
     "maxInFlight": 16,
+}
+
+#: What tansu needs on top (tests.support.brokers decides which broker a deployment is on).
+TANSU_SETTINGS: dict[str, Any] = {
+    "fetchMaxWaitMs": 10,  # tansu holds every fetch to its deadline
     # tansu 0.6 sets a partition's high watermark to the last batch's base offset + 1, so after
     # a multi-record batch Faust's recovery check sees its own acknowledged writes "beyond"
     # the changelog and refuses to restart (ConsistencyError). Real Kafka does not.
@@ -67,7 +73,13 @@ class HeraldDeployment:
         run = uuid.uuid4().hex[:8]
         self.group = f"herald-{run}"
         self.prefix = f"h{run}"
-        herald = {**FAST_SETTINGS, "topicPrefix": self.prefix, **(settings or {})}
+        broker_settings = TANSU_SETTINGS if is_tansu(bootstrap) else {}
+        herald = {
+            **FAST_SETTINGS,
+            **broker_settings,
+            "topicPrefix": self.prefix,
+            **(settings or {}),
+        }
         self.config: dict[str, Any] = {
             "herald": herald,
             "integrations": [
