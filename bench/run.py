@@ -1,6 +1,9 @@
 """Herald's benchmark: one command, its own broker, every workload of the performance issue.
 
-    python -m bench.run [--cases F,A0,...] [--messages N] [--profile]
+    python -m bench.run [--broker kafka|tansu] [--cases F,A0,...] [--messages N] [--profile]
+
+The broker is Apache Kafka (one KRaft node started by the test suite's harness,
+tests/support/apache_kafka.py) unless ``--broker tansu`` picks the embedded in-memory one.
 
 Workloads (bench/README.md explains each figure):
 
@@ -29,11 +32,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agents.embedded.broker import EmbeddedBroker
 from bench import herald
+from bench.broker import KAFKA, KINDS, TANSU, BenchBroker
 from bench.cases import PARTITIONS, Context, alerts, floor, latency, memory
 from bench.cases import filter as filter_cases
-from bench.harness import RESULTS, machine_info
+from bench.harness import RESULTS, CpuSampler, machine_info
 from bench.report import render, rows
 
 #: Case names for --cases, in the order they run (baselines before what is compared to them).
@@ -47,6 +50,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
+    add(
+        "--broker",
+        choices=KINDS,
+        default=KAFKA,
+        help="Apache Kafka (one KRaft node from Maven jars; needs Java 17 and Maven) or the "
+        "embedded in-memory tansu",
+    )
+    add(
+        "--kafka-version",
+        default=None,
+        help="Apache Kafka version (default: $HERALD_KAFKA_VERSION or the test harness's)",
+    )
     add("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
     add("--messages", type=int, default=1_000_000, help="F's events (floor, F, F-confluent, S)")
     add("--alerts-messages", type=int, default=100_000, help="A0's events (each is a delivery)")
@@ -65,6 +80,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add("--steady-rate", type=float, default=1000.0, help="L's produce rate, events/s")
     add("--steady-seconds", type=float, default=60.0, help="L's duration (0 skips L)")
+    add(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=None,
+        help="L's herald.fetchMaxWaitMs and its hop consumer's (default: 10 on tansu, which "
+        "holds a fetch to its deadline; Herald's default on Kafka)",
+    )
     add("--memory-keys", type=int, default=1_000_000, help="M's dedupe keys")
     add("--max-in-flight", type=int, default=512, help="herald.maxInFlight of every Herald case")
     add(
@@ -112,6 +134,7 @@ def steps(ctx: Context) -> dict[str, Callable[[], object]]:
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """The run's settings, for the notes and the JSON file."""
     return {
+        "broker": args.broker,
         "cases": args.cases,
         "messages": args.messages,
         "alerts_messages": args.alerts_messages,
@@ -122,22 +145,30 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "steady_seconds": args.steady_seconds,
         "memory_keys": args.memory_keys,
         "partitions": PARTITIONS,
-        "herald": herald.settings(partitions=PARTITIONS, max_in_flight=args.max_in_flight),
+        "herald": herald.settings(
+            partitions=PARTITIONS, max_in_flight=args.max_in_flight, tansu=args.broker == TANSU
+        ),
+        "fetch_max_wait_ms": args.fetch_max_wait_ms,
         "profile": args.profile,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    machine = machine_info()
     workdir = Path(tempfile.mkdtemp(prefix="herald-bench-"))
     RESULTS.mkdir(exist_ok=True)
-    print(f"herald bench: cases {','.join(args.cases)}; work directory {workdir}", flush=True)
+    print(
+        f"herald bench: broker {args.broker}; cases {','.join(args.cases)}; "
+        f"work directory {workdir}",
+        flush=True,
+    )
     began = time.monotonic()
-    broker = EmbeddedBroker(log_path=workdir / "broker.log")
+    broker = BenchBroker(args.broker, workdir, kafka_version=args.kafka_version)
+    machine = machine_info(broker.describe())
     ctx = Context(broker, args, workdir, run_id=time.strftime("%H%M%S"))
     try:
         broker.start()
+        ctx.broker_cpu = CpuSampler(broker.pid).start()
         todo = steps(ctx)
         printed: set[str] = set()
         for case in args.cases:
@@ -145,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             todo[case]()
             _progress(ctx, case, printed)
     finally:
+        if ctx.broker_cpu is not None:
+            ctx.broker_cpu.stop()
         broker.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -231,7 +231,9 @@ def delivery_key(index: int) -> bytes:
     return hashlib.sha256(f"bench-delivery|{index}".encode()).hexdigest()[:32].encode()
 
 
-async def preload_changelog(bootstrap: str, topic: str, count: int, partitions: int) -> float:
+async def preload_changelog(
+    bootstrap: str, topic: str, count: int, partitions: int, *, last_alone: bool
+) -> float:
     """Write ``count`` dedupe entries (delivery id -> delivered-at ms) to a table's changelog.
 
     The records are what Herald's sink writes to ``<groupId>-dedupe-changelog``: raw bytes,
@@ -239,10 +241,12 @@ async def preload_changelog(bootstrap: str, topic: str, count: int, partitions: 
     of murmur2 of its key (aiokafka's and Kafka's Java client's default partitioner); Faust
     recovers every partition of the changelog into the store of that partition.
 
-    tansu 0.6 reports a partition's high watermark as the base offset of its last batch + 1,
-    and Faust's recovery reads only up to the high watermark, so the rest of a big last batch
-    would not be recovered. The last record of each partition is therefore sent alone, after
-    the others are acknowledged. Returns the seconds it took.
+    ``last_alone`` is for tansu: tansu 0.6 reports a partition's high watermark as the base
+    offset of its last batch + 1, and Faust's recovery reads only up to the high watermark, so
+    the rest of a big last batch would not be recovered. The last record of each partition is
+    then sent alone, after the others are acknowledged. Kafka's high watermark is the offset
+    after the last acknowledged record, so there every record goes in bulk. Returns the
+    seconds it took.
     """
     partitioner = DefaultPartitioner()
     every = list(range(partitions))
@@ -256,6 +260,12 @@ async def preload_changelog(bootstrap: str, topic: str, count: int, partitions: 
         for index in range(count):
             key = delivery_key(index)
             partition = partitioner(key, every, every)
+            if not last_alone:
+                pending.append(await producer.send(topic, value, key=key, partition=partition))
+                if len(pending) >= 20_000:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+                continue
             held = last.get(partition)
             last[partition] = key
             if held is None:

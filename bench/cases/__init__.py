@@ -13,9 +13,10 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.embedded.broker import EmbeddedBroker, create_topics, run_sync
+from agents.embedded.broker import create_topics, run_sync
 from bench import workload
-from bench.harness import Measurement
+from bench.broker import BenchBroker
+from bench.harness import CpuSampler, Measurement
 
 PARTITIONS = 8
 
@@ -24,16 +25,23 @@ PARTITIONS = 8
 class Context:
     """What the cases of one run share: the broker, the options, and what ran before."""
 
-    broker: EmbeddedBroker
+    broker: BenchBroker
     args: argparse.Namespace
     workdir: Path
     run_id: str  # distinguishes this run's topics and groups from an earlier run's
     results: dict[str, Measurement] = field(default_factory=dict)
+    #: The broker process's CPU, sampled all run long (each measurement takes its window).
+    broker_cpu: CpuSampler | None = None
     _filter_topic: str | None = None
 
     @property
     def bootstrap(self) -> str:
         return self.broker.bootstrap
+
+    @property
+    def tansu(self) -> bool:
+        """Whether the run is on tansu, which needs its own settings and workarounds."""
+        return self.broker.tansu
 
     def name(self, case: str) -> str:
         """Topic / consumer group / topic prefix of one case of this run."""

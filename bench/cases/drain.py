@@ -61,6 +61,7 @@ def drain_herald(
         receiver_url=receiver.url,
         partitions=PARTITIONS,
         max_in_flight=ctx.args.max_in_flight,
+        tansu=ctx.tansu,
     )
     config_path = herald.write_config(here / "herald.yaml", content)
     processes = [herald.worker(config_path, here / f"worker{i + 1}") for i in range(workers)]
@@ -84,9 +85,17 @@ def drain_herald(
         window_start = drain.start
         last = _last_arrival(receiver, messages)
         if until_delivered:
-            throughput(m, drain, messages, end=last, cpu_at="delivered")
+            throughput(
+                m,
+                drain,
+                messages,
+                end=last,
+                cpu_at="delivered",
+                broker=ctx.broker_cpu,
+                per="delivery",
+            )
         else:
-            throughput(m, drain, messages)
+            throughput(m, drain, messages, broker=ctx.broker_cpu)
         committed = wait_committed(ctx.bootstrap, name, topic)
         m.details.update(
             deliveries_expected=deliveries,

@@ -14,7 +14,7 @@ from agents.embedded.worker import WorkerError, WorkerProcess
 from bench import workload
 from bench.cases import PARTITIONS, Context
 from bench.harness import Measurement, get_json, throughput, wait_for, watch_drain
-from bench.herald import SESSION_TIMEOUT
+from bench.herald import session_timeout
 
 FLOOR_STEADY_MAX_SECONDS = 20.0
 
@@ -33,7 +33,7 @@ def run(ctx: Context, *, latency: bool) -> None:
             "BENCH_BOOTSTRAP": ctx.bootstrap,
             "BENCH_TOPIC": f"{topic},{steady_topic}",
             "BENCH_GROUP": ctx.name("floor"),
-            "BENCH_SESSION_TIMEOUT": str(SESSION_TIMEOUT),
+            "BENCH_SESSION_TIMEOUT": str(session_timeout(tansu=ctx.tansu)),
         },
     )
     stats_url = f"{worker.web_url}/bench/stats"
@@ -45,7 +45,7 @@ def run(ctx: Context, *, latency: bool) -> None:
             n,
             timeout=max(180.0, n / 1000),
         )
-        throughput(floor, drain, n)
+        throughput(floor, drain, n, broker=ctx.broker_cpu)
         _in_process(floor, get_json(stats_url) or {}, n)
         floor.how = (
             "messages / (first to last message consumed), polling the app's counter every "

@@ -8,7 +8,8 @@ import sys
 
 from agents.embedded.worker import REPO_ROOT
 from bench.cases import Context
-from bench.harness import Measurement, Receiver
+from bench.harness import Measurement, Receiver, broker_cpu
+from bench.herald import session_timeout
 
 
 def run_handwritten(
@@ -24,7 +25,9 @@ def run_handwritten(
     """Run ``python -m bench.handwritten MODE`` on ``topic`` in a new consumer group.
 
     Sets ``m.value`` to the records it finished per second between its first record consumed
-    and its last record finished (timed inside its process), and its CPU per record.
+    and its last record finished (timed inside its process), its CPU per record, and the
+    broker's CPU over the same window (its ends are epoch times, so the run-long sampler
+    covers them).
     """
     group = ctx.name(m.name)
     argv = [
@@ -42,6 +45,8 @@ def run_handwritten(
         receiver.events_url,
         "--seconds",
         str(seconds),
+        "--session-timeout-ms",
+        str(int(session_timeout(tansu=ctx.tansu) * 1000)),
     ]
     if messages is not None:
         argv += ["--messages", str(messages)]
@@ -74,3 +79,4 @@ def run_handwritten(
     if cpu is not None and count:
         m.details["worker_cpu_cores"] = round(cpu / seconds_taken, 2)
         m.details["worker_cpu_us_per_message"] = round(cpu / count * 1e6, 1)
+    broker_cpu(m.details, ctx.broker_cpu, first, last, count)

@@ -16,12 +16,15 @@ from agents.embedded.broker import create_topics, run_sync
 from agents.embedded.worker import WorkerError
 from bench import herald, workload
 from bench.cases import PARTITIONS, Context
-from bench.harness import Measurement, Receiver, cpu_seconds, percentile, wait_for
+from bench.harness import Measurement, Receiver, broker_cpu, cpu_seconds, percentile, wait_for
+from streams.config.models import HeraldSettings
 
-# tansu answers a waiting fetch late (a bare aiokafka hop, `python -m bench.broker_hop`: p50
-# 3 ms at a 10 ms wait, 8 ms at 100 ms, 74 ms at 500 ms), so on it the fetch wait is latency.
-# Real Kafka answers as soon as records arrive; there Herald's default (100 ms) does as well.
-FETCH_MAX_WAIT_MS = 10
+# tansu answers a waiting fetch late (a bare aiokafka hop, `python -m bench.broker_hop
+# --broker tansu`: p50 3 ms at a 10 ms wait, 8 ms at 100 ms, 74 ms at 500 ms), so on it the
+# fetch wait is latency and L runs with 10 ms. Kafka answers a waiting fetch as soon as records
+# arrive, so there L runs with Herald's default, as a user would.
+TANSU_FETCH_MAX_WAIT_MS = 10
+HERALD_FETCH_MAX_WAIT_MS = int(HeraldSettings.model_fields["fetchMaxWaitMs"].default)
 WARMUP = 200  # events delivered before the measured phase (connections, caches, fetch loop)
 SLOW_MS = 1000.0
 
@@ -48,27 +51,31 @@ def run(ctx: Context) -> None:
         receiver_url=receiver.url,
         partitions=PARTITIONS,
         max_in_flight=ctx.args.max_in_flight,
+        tansu=ctx.tansu,
     )
-    content["herald"]["fetchMaxWaitMs"] = FETCH_MAX_WAIT_MS
+    wait_ms = fetch_wait_ms(ctx)
+    if wait_ms != HERALD_FETCH_MAX_WAIT_MS:
+        content["herald"]["fetchMaxWaitMs"] = wait_ms
     worker = herald.worker(herald.write_config(here / "herald.yaml", content), here / "worker")
     worker.start()
     try:
         worker.wait_http_ready(timeout=180)
         _warm_up(ctx, topic, receiver)
         cpu_before = cpu_seconds(worker.pid)
-        since_ms = time.time() * 1000
+        phase_start = time.time()
+        since_ms = phase_start * 1000
         sent, elapsed, broker_hop = run_sync(
-            lambda: workload.steady_with_hop(
-                ctx.bootstrap, topic, rate, seconds, WARMUP, FETCH_MAX_WAIT_MS
-            )
+            lambda: workload.steady_with_hop(ctx.bootstrap, topic, rate, seconds, WARMUP, wait_ms)
         )
         produced_end = time.time()
         done = wait_for(lambda: receiver.unique() >= WARMUP + sent, timeout=max(120, sent / 100))
         cpu_after = cpu_seconds(worker.pid)
+        phase_end = time.time()
         samples = [s for s in receiver.samples() if s[0] is not None and s[0] >= WARMUP]
         _figures(m, samples, sent)
         m.details.update(
             offered_rate=rate,
+            fetch_max_wait_ms=wait_ms,
             produce_seconds=round(elapsed, 2),
             sent=sent,
             all_delivered_after_last_send_s=round(done - produced_end, 3) if done else None,
@@ -77,7 +84,8 @@ def run(ctx: Context) -> None:
         # the same events read by a bare aiokafka consumer at the same time: the broker alone
         hop = Measurement(
             "L-broker-hop",
-            "bare aiokafka consumer on the same topic during the phase (same fetch wait)",
+            f"bare aiokafka consumer on the same topic during the phase (same fetch wait, "
+            f"{wait_ms} ms)",
             unit="ms",
             how="receipt - the event's ts: one Kafka hop, no Herald, no HTTP",
         )
@@ -94,7 +102,12 @@ def run(ctx: Context) -> None:
         ctx.record(hop)
         m.details["p50_by_sixth_ms"] = _by_sixth(_in_order(samples))
         if cpu_before is not None and cpu_after is not None and sent:
-            m.details["worker_cpu_us_per_message"] = round((cpu_after - cpu_before) / sent * 1e6)
+            used = cpu_after - cpu_before
+            m.details["worker_cpu_us_per_message"] = round(used / sent * 1e6)
+            m.details["worker_cpu_cores"] = round(used / (phase_end - phase_start), 2)
+        # the phase's broker work: the producer's records, Herald's source and sink fetches,
+        # its action and changelog records and commits, and the bare hop consumer's fetches
+        broker_cpu(m.details, ctx.broker_cpu, phase_start, phase_end, sent)
         _capacity_note(ctx, m, rate)
         if done is None:
             m.error = f"only {m.details['delivered']}/{sent} delivered in time"
@@ -105,6 +118,16 @@ def run(ctx: Context) -> None:
         worker.stop()
         receiver.stop()
     ctx.record(m)
+
+
+def fetch_wait_ms(ctx: Context) -> int:
+    """L's ``fetchMaxWaitMs`` (also the bare hop consumer's): ``--fetch-max-wait-ms`` when
+    given, else 10 on tansu (which holds a fetch to its deadline) and Herald's default on
+    Kafka (which answers as soon as records arrive)."""
+    chosen = getattr(ctx.args, "fetch_max_wait_ms", None)
+    if chosen is not None:
+        return int(chosen)
+    return TANSU_FETCH_MAX_WAIT_MS if ctx.tansu else HERALD_FETCH_MAX_WAIT_MS
 
 
 def _by_sixth(latencies: list[float]) -> list[float | None]:
