@@ -277,7 +277,7 @@ def _detail_lines(m: Measurement) -> list[str]:
         facts += _memory_lines(d)
     if d.get("note"):
         facts.append(str(d["note"]))
-    for key in ("warning", "rebalance"):
+    for key in ("warning", "rebalance", "missing_topics"):
         if d.get(key):
             facts.append(f"WARNING: {d[key]}")
     return facts

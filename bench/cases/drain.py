@@ -180,6 +180,9 @@ def _worker_facts(processes: list[WorkerProcess], window_start: float | None) ->
         "worker_stats": [herald.stats(p) for p in processes],
         "generations_joined": [[g for _, g in j] for j in joins],
     }
+    missing = herald.missing_note(processes)
+    if missing:
+        facts["missing_topics"] = missing
     if window_start is not None:
         late = [round(t - window_start, 2) for j in joins for t, _ in j if t > window_start]
         if late:

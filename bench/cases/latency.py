@@ -115,6 +115,9 @@ def run(ctx: Context) -> None:
         m.fail(exc)
     finally:
         m.details["worker_stats"] = herald.stats(worker)
+        missing = herald.missing_note([worker])
+        if missing:
+            m.details["missing_topics"] = missing
         worker.stop()
         receiver.stop()
     ctx.record(m)
