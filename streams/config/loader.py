@@ -63,16 +63,8 @@ from streams.errors import ConfigError, HeraldError
 
 CONFIG_ENV = "HERALD_CONFIG"
 DEFAULT_CONFIG_PATH = "config/herald.yaml"
-SECRET_FIELDS = frozenset(
-    {
-        "password",
-        "apiSecret",
-        "apiKey",
-        "truststorePassword",
-        "sslClientKeyPassword",
-        "integrationKey",
-    }
-)
+#: Fields whose values never appear in an error message or `herald check` (the scrubber's list).
+SECRET_FIELDS = secrets.SECRET_FIELD_NAMES
 MASK = "***"
 NAMED_SECTIONS = {"integrations": "integration", "targets": "target", "eventHandlers": "handler"}
 

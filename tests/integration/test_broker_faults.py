@@ -25,9 +25,8 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.client import AIOKafkaClient
 
 from agents.embedded.broker import EmbeddedBroker, create_topics, run_sync
 from agents.embedded.receiver import Delay, Receiver, Reply
@@ -42,6 +41,7 @@ from tests.support.apache_kafka import KafkaCluster, KafkaNode, unavailable_reas
 from tests.support.detector import audit_deployment
 from tests.support.herald import HeraldDeployment, stats, webhook_target
 from tests.support.kafka import produce
+from tests.support.rawbatch import stored_batches
 
 _REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(
@@ -409,41 +409,9 @@ def test_leader_failover_mid_stream_loses_nothing(
 # --------------------------------------------------------------------------- 3. idempotence
 
 
-async def _producer_ids_async(bootstrap: str, topic: str, partitions: int) -> list[int]:
-    """The producer id of every record batch stored in `topic`, read with a plain
-    FetchRequest (tests/support/rawbatch.py's reader) so no client interprets them first."""
-    from aiokafka.protocol.fetch import FetchRequest
-    from aiokafka.record.memory_records import MemoryRecords
-
-    client = AIOKafkaClient(bootstrap_servers=bootstrap)
-    await client.bootstrap()
-    ids: list[int] = []
-    try:
-        await client.force_metadata_update()
-        for partition in range(partitions):
-            leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
-            request = FetchRequest(
-                max_wait_time=100,
-                min_bytes=1,
-                max_bytes=50 << 20,
-                isolation_level=0,
-                topics=[(topic, [(partition, 0, 50 << 20)])],
-            )
-            response = await client.send(leader, request)
-            for _topic, parts in response.topics:
-                for _partition, error, _highwater, *data in parts:
-                    if error:
-                        raise RuntimeError(f"fetch error {error}")
-                    records = MemoryRecords(data[-1])
-                    while records.has_next():
-                        ids.append(records.next_batch().producer_id)
-        return ids
-    finally:
-        await client.close()
-
-
 def producer_ids(bootstrap: str, topic: str, partitions: int) -> list[int]:
-    return run_sync(lambda: _producer_ids_async(bootstrap, topic, partitions))
+    """The producer id of every record batch stored in `topic`, read raw."""
+    return [b.producer_id for b in stored_batches(bootstrap, topic, partitions)]
 
 
 @pytest.mark.parametrize("kind", ["kafka", "tansu"])

@@ -17,14 +17,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from agents.embedded.broker import EmbeddedBroker
 from agents.embedded.receiver import Receiver
 from tests.integration.test_guarantees import numbered_handler, wait_all, wait_delivered
-from tests.integration.test_ilagent import committed
+from tests.integration.test_ilagent import committed, wait_until
 from tests.support.detector import audit_deployment
 from tests.support.herald import HeraldDeployment, webhook_target
 from tests.support.kafka import consume, produce
@@ -59,16 +58,6 @@ def ready(worker) -> dict:
         return json.loads(exc.read())
 
 
-def wait_for(what: str, check, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
-        time.sleep(0.3)
-
-
 def deployment(
     tmp_path: Path, broker: EmbeddedBroker, receiver: Receiver, topic: str, other: str, **settings
 ) -> HeraldDeployment:
@@ -97,7 +86,9 @@ def test_a_corrupt_batch_stops_its_partition_until_herald_skip(
         # Everything but partition 0 from the corrupt batch on is delivered.
         flowing = set(range(10)) | set(range(100, 120)) | set(range(200, 220))
         wait_all(receiver, flowing, timeout=90)
-        stopped = wait_for("the partition on /ready", lambda: ready(worker)["unreadablePartitions"])
+        stopped = wait_until(
+            lambda: ready(worker)["unreadablePartitions"], 60, "the partition on /ready"
+        )
         print(f"\n/ready unreadablePartitions: {stopped}")
         assert stopped[0]["topic"] == topic and stopped[0]["partition"] == 0
         assert stopped[0]["offset"] == bad and stopped[0]["endOffset"] == bad + 5
@@ -133,9 +124,10 @@ def test_a_corrupt_batch_stops_its_partition_until_herald_skip(
         assert letter["source"]["topic"] == topic and letter["source"]["partition"] == 0
         assert letter["source"]["offset"] == bad and letter["source"]["endOffset"] == bad + 5
         assert "CorruptRecordException" in letter["reason"]
-        wait_for(
-            "the commit past the batch",
+        wait_until(
             lambda: committed(tansu.bootstrap, herald.group, topic) == bad + 15,
+            60,
+            "the commit past the batch",
         )
         assert ready(worker)["unreadablePartitions"] == []
         assert worker.running

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import orjson
 from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+from agents.embedded.broker import run_sync
 
 
 def build_batch(values: Iterable[dict], key: bytes | None = None) -> bytearray:
@@ -70,13 +73,23 @@ def produce_batches(bootstrap: str, topic: str, partition: int, batches: list[by
     return asyncio.run(_send(bootstrap, topic, partition, batches))
 
 
-async def _codecs(bootstrap: str, topic: str, partitions: int) -> list[int]:
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """A record batch's header as the broker stores it."""
+
+    partition: int
+    base_offset: int
+    compression_type: int  # 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd
+    producer_id: int  # -1: not written by an idempotent producer
+
+
+async def _stored(bootstrap: str, topic: str, partitions: int) -> list[StoredBatch]:
     from aiokafka.protocol.fetch import FetchRequest
     from aiokafka.record.memory_records import MemoryRecords
 
     client = AIOKafkaClient(bootstrap_servers=bootstrap)
     await client.bootstrap()
-    codecs: list[int] = []
+    batches: list[StoredBatch] = []
     try:
         await client.force_metadata_update()
         for partition in range(partitions):
@@ -95,13 +108,26 @@ async def _codecs(bootstrap: str, topic: str, partitions: int) -> list[int]:
                         raise RuntimeError(f"fetch error {error}")
                     records = MemoryRecords(data[-1])
                     while records.has_next():
-                        codecs.append(records.next_batch().compression_type)
-        return codecs
+                        batch = records.next_batch()
+                        batches.append(
+                            StoredBatch(
+                                partition,
+                                batch.base_offset,
+                                batch.compression_type,
+                                batch.producer_id,
+                            )
+                        )
+        return batches
     finally:
         await client.close()
 
 
+def stored_batches(bootstrap: str, topic: str, partitions: int) -> list[StoredBatch]:
+    """Every record batch stored in `topic`, read with a plain FetchRequest so that no client
+    decodes (or decompresses) them first."""
+    return run_sync(lambda: _stored(bootstrap, topic, partitions))
+
+
 def batch_codecs(bootstrap: str, topic: str, partitions: int) -> list[int]:
-    """The compression codec (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd) of every record batch
-    stored in `topic`, read with a plain FetchRequest so nothing decodes them first."""
-    return asyncio.run(_codecs(bootstrap, topic, partitions))
+    """The compression codec of every record batch stored in `topic`."""
+    return [b.compression_type for b in stored_batches(bootstrap, topic, partitions)]
