@@ -79,14 +79,14 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
 async def _read(
     consumer: AIOKafkaConsumer,
     topic: str,
+    reports: collections.deque[tuple[Any, Unreadable]],
     upto: dict[int, int] | None = None,
     unreadable: list[Unreadable] | None = None,
 ) -> AsyncIterator[Any]:
     """Every record of `topic` from the beginning (up to `upto[partition]` when given), until
     the topic is quiet for two seconds. Not bounded by the end offsets: a broker whose high
     watermark lags its writes (tansu) would cut the read short. Batches that cannot be read
-    are read past, and listed in `unreadable`."""
-    reports = consumer._herald_reports  # type: ignore[attr-defined]
+    are read past (`reports`: the consumer's FetchGuard), and listed in `unreadable`."""
     partitions = await _partitions(consumer, topic)
     if upto is not None:
         partitions = [p for p in partitions if upto.get(p, 0) > 0]
@@ -137,22 +137,22 @@ async def audit(config: HeraldConfig, path: str = "<config>") -> AuditReport:
         **aiokafka_kwargs(home),
     )
     await consumer.start()
-    consumer._herald_reports = collections.deque()  # type: ignore[attr-defined]
-    fetchguard.install(consumer, consumer._herald_reports)  # type: ignore[attr-defined]
+    reports: collections.deque[tuple[Any, Unreadable]] = collections.deque()
+    fetchguard.install(consumer, reports)
     try:
         requested: dict[str, int] = collections.Counter()
-        async for record in _read(consumer, actions_name(config)):
+        async for record in _read(consumer, actions_name(config), reports):
             requested[ActionRequest.from_bytes(record.value).id] += 1
         letters_by_request: set[str] = set()
         letters_by_source: set[tuple[str, int, int]] = set()
-        async for record in _read(consumer, dlq_name(config, home.name)):
+        async for record in _read(consumer, dlq_name(config, home.name), reports):
             letter = DeadLetter.from_bytes(record.value)
             if letter.request:
                 letters_by_request.add(letter.request["id"])
             source = letter.source
             letters_by_source.add((source["topic"], source["partition"], source["offset"]))
         final: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-        async for record in _read(consumer, executions_name(config)):
+        async for record in _read(consumer, executions_name(config), reports):
             execution = orjson.loads(record.value)
             final[execution["id"]][execution["status"]] += 1
 
@@ -161,7 +161,7 @@ async def audit(config: HeraldConfig, path: str = "<config>") -> AuditReport:
             for topic in topics:
                 committed = await _committed(consumer, topic)
                 unreadable: list[Unreadable] = []
-                async for record in _read(consumer, topic, committed, unreadable):
+                async for record in _read(consumer, topic, reports, committed, unreadable):
                     report.source_records_checked += 1
                     envelope = envelope_of(record, home.name)
                     evaluation = route(index.for_topic(home.name, topic), envelope)
@@ -187,7 +187,7 @@ async def audit(config: HeraldConfig, path: str = "<config>") -> AuditReport:
         actions = actions_name(config)
         committed = await _committed(consumer, actions)
         below: set[str] = set()
-        async for record in _read(consumer, actions, committed):
+        async for record in _read(consumer, actions, reports, committed):
             request = ActionRequest.from_bytes(record.value)
             report.actions_checked += 1
             below.add(request.id)

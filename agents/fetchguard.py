@@ -73,9 +73,6 @@ class _BatchTracker:
         self.current = self._records.next_batch()
         return self.current
 
-    def size_in_bytes(self) -> int:
-        return self._records.size_in_bytes()
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._records, name)
 

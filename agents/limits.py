@@ -26,6 +26,8 @@ from streams.security import aiokafka_kwargs
 log = logging.getLogger("herald.limits")
 
 MAX_MESSAGE_BYTES = "max.message.bytes"
+#: What a produced record carries besides key and value (record and batch headers), with room.
+RECORD_OVERHEAD = 1024
 
 
 def parse_max_message_bytes(responses: Iterable[Any]) -> dict[str, int]:
@@ -80,7 +82,3 @@ def record_limit(max_request_size: int, topic_max_bytes: Iterable[int]) -> int:
     every topic's max.message.bytes (a batch of one record adds ~70 bytes of framing)."""
     limits = [max_request_size, *topic_max_bytes]
     return max(min(limits) - RECORD_OVERHEAD, 1024)
-
-
-#: What a produced record carries besides key and value (record and batch headers), with room.
-RECORD_OVERHEAD = 1024

@@ -37,19 +37,23 @@ def put_rules(config: HeraldConfig, config_path: str, file: str) -> int:
             print(line)
         return 2
     records = [(h.name.encode(), handler_blob(h)) for h in handlers]
-    asyncio.run(_publish(config, records))
+    asyncio.run(publish_to_rules_topic(config, records))
     for handler in handlers:
         print(f"published handler {handler.name!r} to {rules_name(config)}")
     return 0
 
 
 def delete_rule(config: HeraldConfig, name: str) -> int:
-    asyncio.run(_publish(config, [(name.encode(), None)]))
+    asyncio.run(publish_to_rules_topic(config, [(name.encode(), None)]))
     print(f"deleted handler {name!r} from {rules_name(config)}")
     return 0
 
 
-async def _publish(config: HeraldConfig, records: list[tuple[bytes, bytes | None]]) -> None:
+async def publish_to_rules_topic(
+    config: HeraldConfig, records: list[tuple[bytes, bytes | None]]
+) -> None:
+    """Write records to the rules topic (partition 0, acks=all): handlers, deletions, and
+    Herald's own reserved keys (`herald skip`)."""
     producer = AIOKafkaProducer(acks="all", **aiokafka_kwargs(config.home))
     await producer.start()
     try:

@@ -146,26 +146,26 @@ def refused_as_too_large(
     """What to write instead of a record the broker refused as too large (its topic's
     max.message.bytes is lower than Herald knew): a dead letter without the original value,
     which always fits."""
+    where = f"{envelope.topic}/{envelope.partition}@{envelope.offset}"
     if request is not None:
         letter = for_envelope(
             envelope,
             "size",
             f"the broker refused the action request as too large ({error!r}); the source "
-            f"record is at {envelope.topic}/{envelope.partition}@{envelope.offset}",
+            f"record is at {where}",
             handler=request.handler,
             action=request.action,
             index=request.index,
         )
-    assert letter is not None
-    letter = replace(
-        letter,
-        value=None,
-        reason=f"{letter.reason[:2000]} (the broker refused the dead letter with the "
-        f"original value as too large: read the value at {envelope.topic}/"
-        f"{envelope.partition}@{envelope.offset})"
-        if request is None
-        else letter.reason,
-    )
+        letter = replace(letter, value=None)
+    else:
+        assert letter is not None
+        letter = replace(
+            letter,
+            value=None,
+            reason=f"{letter.reason[:2000]} (the broker refused the dead letter with the "
+            f"original value as too large: read the value at {where})",
+        )
     return letter, letter.to_bytes()
 
 

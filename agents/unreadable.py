@@ -27,6 +27,7 @@ from faust.types import TP
 from agents.fetchguard import Unreadable
 from agents.runtime import Runtime
 from agents.tables import SKIP_PREFIX
+from streams.config.models import HeraldConfig
 from streams.deadletter import DeadLetter
 from streams.offsets import Ticket
 
@@ -153,22 +154,12 @@ def register_skipper(app: faust.App, runtime: Runtime) -> Skipper:
 
 
 async def publish_skip(
-    runtime_config: Any, topic: str, partition: int, offset: int, to: int | None
+    config: HeraldConfig, topic: str, partition: int, offset: int, to: int | None
 ) -> bytes:
     """Publish a skip request to the rules topic (for `herald skip`); returns its key."""
-    from aiokafka import AIOKafkaProducer
+    from agents.rulesctl import publish_to_rules_topic
 
-    from agents.topics import rules_name
-    from streams.security import aiokafka_kwargs
-
-    key = skip_key(runtime_config.home.name, topic, partition, offset)
+    key = skip_key(config.home.name, topic, partition, offset)
     request = SkipRequest(to=to, requested_at=int(time.time() * 1000))
-    producer = AIOKafkaProducer(acks="all", **aiokafka_kwargs(runtime_config.home))
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            rules_name(runtime_config), request.to_bytes(), key=key, partition=0
-        )
-    finally:
-        await producer.stop()
+    await publish_to_rules_topic(config, [(key, request.to_bytes())])
     return key

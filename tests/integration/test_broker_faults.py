@@ -28,7 +28,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from agents.embedded.broker import EmbeddedBroker, create_topics, run_sync
+from agents.embedded.broker import create_topics, run_sync
 from agents.embedded.receiver import Delay, Receiver, Reply
 from agents.embedded.worker import WorkerProcess
 from tests.integration.test_guarantees import (
@@ -52,16 +52,9 @@ MAX_IN_FLIGHT = 16
 WORKERS = 2
 #: What Faust logs when a service crashes; the worker then stops (and exits).
 CRASH_LINE = "We experienced a crash"
-#: Herald's settings on real Kafka: Faust's recovery check stays on (it is off only for
-#: tansu's high-watermark rules, tests/support/herald.py).
-KAFKA_SETTINGS: dict[str, Any] = {
-    "actionPartitions": 4,
-    "maxInFlight": MAX_IN_FLIGHT,
-    "recoveryConsistencyCheck": True,
-}
-#: What tansu needs (the same as tests/support/herald.py's TANSU_SETTINGS), passed explicitly
-#: because this module starts its own tansu.
-TANSU_SETTINGS: dict[str, Any] = {"fetchMaxWaitMs": 10, "recoveryConsistencyCheck": False}
+#: Herald's settings for these tests (on Kafka, Faust's recovery check stays on, its default;
+#: HeraldDeployment adds tansu's own settings on the session tansu).
+SETTINGS: dict[str, Any] = {"actionPartitions": 4, "maxInFlight": MAX_IN_FLIGHT}
 
 
 # --------------------------------------------------------------------------- brokers
@@ -102,16 +95,6 @@ def kafka_cluster(tmp_path: Path) -> Iterator[KafkaCluster]:
         yield cluster
     finally:
         cluster.kill_all()
-
-
-@pytest.fixture
-def tansu(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    embedded = EmbeddedBroker(log_path=tmp_path / "tansu.log")
-    embedded.start()
-    try:
-        yield embedded
-    finally:
-        embedded.stop()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -270,7 +253,7 @@ def test_a_broker_crash_mid_stream_loses_nothing(
         handlers=[numbered_handler(topic)],
         targets=[webhook_target(receiver.url)],
         source_partitions=4,
-        settings=KAFKA_SETTINGS,
+        settings=SETTINGS,
     )
     stream = StreamProducer(kafka_node.bootstrap, topic, messages(total, keys), seconds=20)
     workers: list[WorkerProcess] = []
@@ -351,7 +334,7 @@ def test_leader_failover_mid_stream_loses_nothing(
         handlers=[numbered_handler(topic)],
         targets=[webhook_target(receiver.url)],
         source_partitions=3,  # already created above, with replication 3
-        settings={**KAFKA_SETTINGS, "replicationFactor": 3},
+        settings={**SETTINGS, "replicationFactor": 3},
     )
     stream = StreamProducer(kafka_cluster.bootstrap, topic, messages(total, keys), seconds=20)
     workers: list[WorkerProcess] = []
@@ -433,8 +416,7 @@ def test_producers_are_idempotent_where_the_broker_can(
         targets=[webhook_target(receiver.url)],
         source_partitions=2,
         settings={
-            **KAFKA_SETTINGS,
-            **({} if kind == "kafka" else TANSU_SETTINGS),
+            **SETTINGS,
             "idempotentProducer": True,
         },
     )
