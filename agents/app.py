@@ -1,8 +1,14 @@
 """The Faust app: `faust -A agents.app worker` finds `app` here.
 
-`create_app` builds an app from a validated configuration (tests build their own); the module
-global `app` is built from `HERALD_CONFIG` on import. An invalid configuration prints one line
-per problem and exits with code 2 before anything is consumed.
+Importing this module does no work. `app` is built on first access (a module `__getattr__`):
+from the configuration `HERALD_CONFIG` names, checked once (`agents.configuration`), then the
+brokers are asked whether the credentials work (`agents.connectivity.preflight`). An invalid
+configuration prints one line per problem and exits with code 2 before anything is consumed.
+`herald worker` builds the app from the configuration it checked itself (`run_worker`), so
+nothing is loaded twice.
+
+`create_app` wires one worker: the offset ledger (on the app, agents.transport), the topics and
+tables, the source agent, the sink agent and their batch channels, the timers and web views.
 """
 
 from __future__ import annotations
@@ -11,12 +17,13 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import faust
 from faust.types import TP
 
 from agents.batches import BatchChannel
+from agents.configuration import load_or_exit
 from agents.connectivity import broker_credentials
 from agents.heartbeats import register_heartbeats
 from agents.idempotence import IdempotentHeraldApp
@@ -24,17 +31,14 @@ from agents.limits import record_limit, topic_limits
 from agents.monitor import HeraldMonitor
 from agents.rules import RuleSet
 from agents.runtime import Runtime
-from agents.sinks import SinkRunner
+from agents.sink import SinkRunner
 from agents.sources import SourceRunner
 from agents.tables import DurableTable, RulesTable, declare_tables
 from agents.topics import declare_topics, rules_name
 from agents.unreadable import register_skipper
 from agents.views import register_views
-from streams.config.capabilities import check_supported
-from streams.config.loader import config_path_from_env, load_config
+from streams.config.checked import Checked
 from streams.config.models import HeraldConfig, Integration
-from streams.errors import ConfigError
-from streams.handlers import compile_all
 
 log = logging.getLogger("herald")
 
@@ -47,7 +51,8 @@ def source_topics(config: HeraldConfig) -> list[str]:
 
 
 def batch_channel(app: faust.App, topic: faust.TopicT, max_records: int) -> BatchChannel:
-    """Subscribe to `topic`, its records handed over a fetched batch at a time."""
+    """Subscribe to `topic`, its records handed over a fetched batch at a time (the channel
+    hears of revocations from the ledger: agents.transport.HeraldConductor)."""
     channel = BatchChannel(
         set(topic.topics),
         max_records,
@@ -58,10 +63,10 @@ def batch_channel(app: faust.App, topic: faust.TopicT, max_records: int) -> Batc
     return channel
 
 
-def create_app(config: HeraldConfig, config_file: str) -> faust.App:
-    """Build the Faust app, its topics, tables, agents and views from a configuration."""
-    compile_all(config, file=config_file)  # every handler must compile before we start
-    check_supported(config, config_file)
+def create_app(checked: Checked) -> faust.App:
+    """Build the Faust app, its topics, tables, agents and views from a checked
+    configuration. Connects nowhere: Faust does that when the worker starts."""
+    config, config_file = checked.config, checked.path
     home = config.home
     settings = config.herald
     # Idempotent producers where the broker has them (agents.idempotence): a retried produce
@@ -93,7 +98,7 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
     app.fetch_max_wait_ms = settings.fetchMaxWaitMs
     topics = declare_topics(app, config, source_topics(config))
     tables = declare_tables(app, config)
-    rules = RuleSet(config, tables.rules, rules_name(config))
+    rules = RuleSet(config, tables.rules, rules_name(config), compiled=checked.handlers)
     runtime = Runtime(app, config, config_file, topics, tables, rules)
     app.herald = runtime  # type: ignore[attr-defined]
 
@@ -132,7 +137,7 @@ def create_app(config: HeraldConfig, config_file: str) -> faust.App:
         await rules.seed(send)
         log.info("handlers loaded: %s", ", ".join(h.name for h in rules.index().handlers))
 
-    app.on_batches_revoked(sink.revoke)
+    app.ledger.on_revoke(sink.revoke)  # after the channels: the one revoke fan-out
 
     # The lanes end first in a stop, while the consumer, the tables and the producer still
     # run (Faust's own on_stop stops the consumer and the tables, and its on_before_shutdown
@@ -205,27 +210,49 @@ def _prefer_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _app_from_environment() -> faust.App:
+def _preflight(checked: Checked) -> None:
+    """Wrong credentials or an untrusted certificate: say so now and exit 2, instead of a
+    client retrying for ever."""
     from agents.connectivity import preflight
 
-    _prefer_uvloop()
-    path = config_path_from_env()
-    try:
-        config = load_config(path)
-        app = create_app(config, path)
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(line, file=sys.stderr)
-        print(f"herald: configuration {path} is invalid; not starting", file=sys.stderr)
-        raise SystemExit(2) from None
-    # Wrong credentials or an untrusted certificate: say so now, instead of a client retrying.
-    fatal = preflight(config)
+    fatal = preflight(checked.config)
     if fatal:
         for line in fatal:
             print(f"herald: {line}", file=sys.stderr)
-        print(f"herald: cannot connect with configuration {path}; not starting", file=sys.stderr)
+        print(
+            f"herald: cannot connect with configuration {checked.path}; not starting",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
+
+
+def build(checked: Checked) -> faust.App:
+    """The worker's app, once the brokers accepted the configuration's credentials."""
+    _prefer_uvloop()
+    app = create_app(checked)
+    _preflight(checked)
     return app
 
 
-app = _app_from_environment()
+_app: faust.App | None = None
+
+
+def __getattr__(name: str) -> faust.App:
+    """`agents.app.app`, built on first access from `HERALD_CONFIG` (PEP 562)."""
+    global _app
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _app is None:
+        _app = build(load_or_exit(verb="; not starting"))
+    return _app
+
+
+def run_worker(checked: Checked, faust_args: Sequence[str]) -> None:
+    """Run Faust's worker command (as `faust -A agents.app worker`) in this process, on the
+    app built from `checked`: the configuration is loaded and checked once."""
+    from faust.cli.faust import cli
+
+    global _app
+    _app = build(checked)
+    os.environ["HERALD_CONFIG"] = checked.path  # for anything the worker starts itself
+    cli.main(args=["-A", __name__, "worker", "-l", "info", *faust_args], prog_name="herald worker")

@@ -35,10 +35,11 @@ from agents import fetchguard
 from agents.fetchguard import Unreadable
 from agents.sources import envelope_of
 from streams.actions.base import ActionRequest
-from streams.config.models import HeraldConfig, SendingProtocol
+from streams.config.checked import Checked
+from streams.config.models import SendingProtocol
 from streams.deadletter import DeadLetter
 from streams.executions import COMPLETED, DEAD_LETTERED, SKIPPED
-from streams.handlers import HandlerIndex, compile_all
+from streams.handlers import HandlerIndex
 from streams.routing import route
 from streams.security import aiokafka_kwargs
 from streams.topicnames import actions_name, dlq_name, executions_name
@@ -124,11 +125,12 @@ async def _committed(consumer: AIOKafkaConsumer, topic: str) -> dict[int, int]:
     return out
 
 
-async def audit(config: HeraldConfig, path: str = "<config>") -> AuditReport:
-    """Check the home integration's deployment described by `config` (see the module doc)."""
+async def audit(checked: Checked) -> AuditReport:
+    """Check the home integration's deployment a checked configuration describes (see the
+    module doc), with the handlers as it compiled them."""
+    config = checked.config
     home = config.home
-    handlers = compile_all(config, file=path)
-    index = HandlerIndex(handlers)
+    index = HandlerIndex(list(checked.handlers))
     report = AuditReport()
     consumer = AIOKafkaConsumer(
         group_id=home.consumerGroupId,
@@ -210,9 +212,9 @@ async def audit(config: HeraldConfig, path: str = "<config>") -> AuditReport:
     return report
 
 
-def run(config: HeraldConfig, path: str, as_json: bool) -> int:
+def run(checked: Checked, as_json: bool) -> int:
     """`herald audit`: print the report; exit code 1 when anything is lost."""
-    report = asyncio.run(audit(config, path))
+    report = asyncio.run(audit(checked))
     if as_json:
         print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

@@ -18,12 +18,12 @@ herald ilagent daemon [ilagent flags]  ilagent's Kafka mode, run on Herald's wor
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from agents.configuration import load_or_exit
 from streams.config.describe import describe
-from streams.config.loader import config_path_from_env, load_config
-from streams.errors import ConfigError
+from streams.config.loader import config_path_from_env
+from streams.config.models import HeraldConfig
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -34,30 +34,19 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(path: str | None):  # noqa: ANN202 - returns (config, path)
-    path = path or config_path_from_env()
-    try:
-        config = load_config(path)
-        from streams.config.capabilities import check_supported
-        from streams.handlers import compile_all
-
-        compile_all(config, file=path)
-        check_supported(config, path)
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(line, file=sys.stderr)
-        print(f"herald: configuration {path} is invalid", file=sys.stderr)
-        raise SystemExit(2) from None
-    return config, path
+def _load(path: str | None) -> tuple[HeraldConfig, str]:
+    """The checked configuration and its file; exit 2 with every problem when it is invalid."""
+    checked = load_or_exit(path)
+    return checked.config, checked.path
 
 
 def cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
-    if args.config:
-        os.environ["HERALD_CONFIG"] = args.config
-    _load(args.config)  # fail fast with the same messages, before Faust starts
-    argv = [sys.executable, "-m", "faust", "-A", "agents.app", "worker", "-l", "info", *rest]
-    os.execv(sys.executable, argv)
-    return 0  # pragma: no cover - execv does not return
+    """Faust's worker command in this process, on the app built from the configuration
+    checked here (agents.app.run_worker): loaded and validated once."""
+    from agents.app import run_worker
+
+    run_worker(load_or_exit(args.config), rest)
+    return 0
 
 
 def cmd_check(args: argparse.Namespace, rest: list[str]) -> int:
@@ -84,15 +73,14 @@ def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_replay(args: argparse.Namespace, rest: list[str]) -> int:
     from agents.replay import replay
 
-    config, path = _load(args.config)
-    return replay(config, path, args.integration, limit=args.limit, dry_run=args.dry_run)
+    checked = load_or_exit(args.config)
+    return replay(checked, args.integration, limit=args.limit, dry_run=args.dry_run)
 
 
 def cmd_audit(args: argparse.Namespace, rest: list[str]) -> int:
     from agents.audit import run
 
-    config, path = _load(args.config)
-    return run(config, path, args.json)
+    return run(load_or_exit(args.config), args.json)
 
 
 def cmd_skip(args: argparse.Namespace, rest: list[str]) -> int:

@@ -17,8 +17,7 @@ import time
 import faust
 
 from agents.runtime import Runtime
-from streams.actions.base import ActionRequest
-from streams.actions.ilert import IlertHeartbeat
+from streams.actions.ilert import IlertHeartbeatDelivery, heartbeat_request
 from streams.config.models import HeartbeatPing
 from streams.delivery import run_with_retry
 
@@ -51,24 +50,19 @@ def register_heartbeats(app: faust.App, runtime: Runtime) -> None:
 
 async def _ping(runtime: Runtime, ping: HeartbeatPing) -> None:
     target = runtime.targets[ping.target]
-    request = ActionRequest(
+    request = heartbeat_request(  # the key is the target's
         id=f"heartbeat-{int(time.time() * 1000)}",
         handler="herald.heartbeats",
         event="timer",
-        action=IlertHeartbeat.name,
-        index=0,
-        payload={"path": "/api/heartbeats/{integrationKey}"},  # the key is the target's
-        ordering_key="heartbeat",
-        source={},
         integration=runtime.home,
-        created_ms=int(time.time() * 1000),
         target=target.name,
     )
     policy = target.retry.model_copy(
         update={"maxElapsedSeconds": min(target.retry.maxElapsedSeconds, ping.intervalSeconds)}
     )
     ctx = runtime.delivery_context()
-    outcome = await run_with_retry(lambda: IlertHeartbeat.deliver(request, ctx, target), policy)
+    delivery = IlertHeartbeatDelivery()
+    outcome = await run_with_retry(lambda: delivery.deliver(request, ctx, target), policy)
     if outcome.ok:
         log.info("heartbeat %s pinged", target.name)
     else:

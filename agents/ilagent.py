@@ -556,6 +556,10 @@ def render_config(options: DaemonOptions) -> str:
 
 
 def _masked(argv: list[str]) -> str:
+    """The command line as printed in the compiled configuration, secret flags' values masked
+    with Herald's one mask."""
+    from streams.secrets import MASK
+
     secret = {"--event_key", "-b", "--heartbeat", "--kafka_sasl_password"}
     out: list[str] = []
     hide_next = False
@@ -563,12 +567,12 @@ def _masked(argv: list[str]) -> str:
         if arg in ("--print-config", "--print_config"):
             continue
         if hide_next:
-            out.append("***")
+            out.append(MASK)
             hide_next = False
             continue
         name, eq, _ = arg.partition("=")
         if name in secret:
-            out.append(f"{name}=***" if eq else arg)
+            out.append(f"{name}={MASK}" if eq else arg)
             hide_next = not eq
         else:
             out.append(arg)
@@ -627,28 +631,21 @@ async def _commit_ends(integration: Any, topics: list[str]) -> list[str]:
 
 
 def run_daemon(options: DaemonOptions) -> int:
-    """Check the compiled configuration, set up the group's offsets, exec the Herald worker."""
-    from streams.config.capabilities import check_supported
-    from streams.config.loader import load_config
-    from streams.errors import ConfigError
-    from streams.handlers import compile_all
+    """Check the compiled configuration, set up the group's offsets, run the Herald worker.
+
+    An invalid compiled configuration exits with code 2 (SystemExit), naming every problem."""
+    from agents.configuration import load_or_exit
 
     data_dir = Path(options.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     path = (data_dir / f"ilagent-{_topic_safe(options.kafka_group_id)}.yaml").resolve()
     path.write_text(render_config(options), encoding="utf-8")
     env = {**os.environ, **options.secrets()}
-    try:
-        config = load_config(path, environ=env)
-        compile_all(config, file=str(path))
-        check_supported(config, str(path))
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(line, file=sys.stderr)
-        print(
-            "herald ilagent: the compiled configuration is invalid; not starting", file=sys.stderr
-        )
-        return 2
+    checked = load_or_exit(
+        str(path),
+        environ=env,
+        final="herald ilagent: the compiled configuration is invalid; not starting",
+    )
     topics = [t for t in (options.event_topic, options.heartbeat_topic) if t]
     if options.offset_reset == "latest" and topics:
         os.environ.update(options.secrets())
@@ -670,11 +667,13 @@ def run_daemon(options: DaemonOptions) -> int:
             "HERALD_WEB_PORT": str(options.port),
         }
     )
-    argv = [sys.executable, "-m", "faust", "-A", "agents.app", "worker", "-l", options.loglevel]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, argv, env)
-    return 0  # pragma: no cover - execve does not return
+    os.environ.update(env)
+    from agents.app import run_worker
+
+    # The worker runs in this process on the configuration checked above: nothing is loaded
+    # a second time.
+    run_worker(checked, ["-l", options.loglevel])
+    return 0
 
 
 def main(argv: list[str]) -> int:

@@ -29,16 +29,16 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, Stri
 from pydantic import ValidationError as PydanticError
 
 from agents.runtime import Runtime
-from streams.actions.base import ActionInputError, ActionRequest, delivery_id
+from streams.actions.base import ActionInputError, ActionRequest, HttpOrigin
 from streams.actions.ilert import (
     EVENT_TYPES,
     PRIORITIES,
     IlertEvent,
     IlertEventParams,
-    IlertHeartbeat,
+    IlertHeartbeatDelivery,
+    heartbeat_request,
 )
 from streams.errors import DeliveryError
-from streams.message import Envelope
 
 log = logging.getLogger("herald.ilagent")
 
@@ -98,6 +98,7 @@ def register_ilert_proxy(app: faust.App, runtime: Runtime) -> None:
     if proxy is None:
         return
     target = runtime.targets[proxy.target]
+    heartbeats = IlertHeartbeatDelivery()
 
     @app.page("/api/events")
     class Events(View):
@@ -149,21 +150,16 @@ def register_ilert_proxy(app: faust.App, runtime: Runtime) -> None:
     @app.page("/api/heartbeats/{key}")
     class Heartbeats(View):
         async def get(self, request: Request, key: str) -> Response:
-            ping = ActionRequest(
+            ping = heartbeat_request(
                 id=uuid.uuid4().hex,
                 handler=HANDLER,
                 event="http:GET /api/heartbeats",
-                action=IlertHeartbeat.name,
-                index=0,
-                payload={"path": "/api/heartbeats/{integrationKey}", "integrationKey": key},
-                ordering_key="heartbeat",
-                source={},
                 integration=runtime.home,
-                created_ms=int(time.time() * 1000),
                 target=target.name,
+                key=key,
             )
             try:
-                await IlertHeartbeat.deliver(ping, runtime.delivery_context(), target)
+                await heartbeats.deliver(ping, runtime.delivery_context(), target)
             except DeliveryError as exc:
                 log.warning("heartbeat not proxied: %s", exc)
                 return self.text("Failed to proxy heartbeat", status=500)
@@ -177,37 +173,22 @@ def _action_request(
     """The ilert_event action request for an accepted event, built as the source stage builds
     one (the action type's own checks and defaults; the same record fields)."""
     idempotency = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
-    envelope = Envelope(
-        value=body,
-        topic="http:/api/events",
-        partition=0,
-        offset=0,
+    origin = HttpOrigin(
+        path="/api/events",
         integration=runtime.home,
-        timestamp=int(time.time() * 1000),
+        message_id=f"{runtime.home}/http/{idempotency}",
+        received_ms=int(time.time() * 1000),
     )
     action = IlertEvent(IlertEventParams(target=target.name, path=proxy.path), target)
     rendered = {k: v for k, v in body.items() if v is not None}
-    payload = action.finish(rendered, envelope)
-    message_id = f"{runtime.home}/http/{idempotency}"
-    return ActionRequest(
-        id=delivery_id(message_id, HANDLER, 0),
+    payload = action.finish(rendered, origin)
+    return ActionRequest.create(
+        origin=origin,
         handler=HANDLER,
         event="http:POST /api/events",
         action=IlertEvent.name,
-        index=0,
         payload=payload,
-        ordering_key=action.ordering_key(payload, envelope) or HANDLER,
-        source={
-            "topic": envelope.topic,
-            "partition": 0,
-            "offset": 0,
-            "timestamp": envelope.timestamp,
-            "key": None,
-            "headers": {},
-            "messageId": message_id,
-        },
-        integration=runtime.home,
-        created_ms=int(time.time() * 1000),
+        ordering_key=action.ordering_key(payload, origin) or HANDLER,
         target=target.name,
     )
 

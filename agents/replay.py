@@ -17,26 +17,23 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agents.topics import actions_name, dlq_name
 from streams.actions.base import ActionRequest
-from streams.avro.codec import AvroCodec
-from streams.avro.registry import RegistryClient
-from streams.config.models import HeraldConfig, SendingProtocol
+from streams.avro.codecs import AvroCodecs, schemas_ready
+from streams.config.checked import Checked
+from streams.config.models import HeraldConfig
 from streams.deadletter import DeadLetter, envelope_of
-from streams.handlers import Evaluation, HandlerIndex, compile_all
+from streams.handlers import Evaluation, HandlerIndex
 from streams.routing import route
 from streams.security import aiokafka_kwargs
 
 
-def replay(
-    config: HeraldConfig, path: str, integration: str, *, limit: int | None, dry_run: bool
-) -> int:
-    return asyncio.run(_replay(config, path, integration, limit, dry_run))
+def replay(checked: Checked, integration: str, *, limit: int | None, dry_run: bool) -> int:
+    return asyncio.run(_replay(checked, integration, limit, dry_run))
 
 
-async def _replay(
-    config: HeraldConfig, path: str, integration: str, limit: int | None, dry_run: bool
-) -> int:
+async def _replay(checked: Checked, integration: str, limit: int | None, dry_run: bool) -> int:
+    config = checked.config
     home = config.home
-    index = HandlerIndex(compile_all(config, file=path))
+    index = HandlerIndex(list(checked.handlers))
     topic = dlq_name(config, integration)
     consumer = AIOKafkaConsumer(
         group_id=f"{home.consumerGroupId}-replay",
@@ -45,6 +42,7 @@ async def _replay(
         **aiokafka_kwargs(home),
     )
     producer = AIOKafkaProducer(acks="all", **aiokafka_kwargs(home))
+    codecs = AvroCodecs(config)
     await consumer.start()
     await producer.start()
     counts = {"resubmitted": 0, "rerouted": 0, "dead_again": 0, "letters": 0, "unreadable": 0}
@@ -72,7 +70,9 @@ async def _replay(
                     if limit is not None and counts["letters"] >= limit:
                         break
                     counts["letters"] += 1
-                    await _replay_one(config, index, producer, record.value, counts, dry_run)
+                    await _replay_one(
+                        config, index, codecs, producer, record.value, counts, dry_run
+                    )
             if not dry_run:
                 await producer.flush()
                 await consumer.commit()
@@ -81,6 +81,7 @@ async def _replay(
     finally:
         await producer.stop()
         await consumer.stop()
+        await codecs.close()
     verb = "would re-submit" if dry_run else "re-submitted"
     print(
         f"{topic}: {counts['letters']} dead letters read; {verb} {counts['resubmitted']} "
@@ -109,6 +110,7 @@ async def _behind(
 async def _replay_one(
     config: HeraldConfig,
     index: HandlerIndex,
+    codecs: AvroCodecs,
     producer: AIOKafkaProducer,
     value: bytes,
     counts: dict[str, int],
@@ -131,13 +133,13 @@ async def _replay_one(
     handlers = index.for_topic(envelope.integration, envelope.topic)
     if letter.handler:
         handlers = [h for h in handlers if h.name == letter.handler]
-    codec = _codec(config, envelope.integration)
+    codec = codecs.for_records(envelope.integration)
     if codec is not None and handlers:
 
         def waiting(error: Exception, delay: float) -> None:
             print(f"schema registry unavailable ({error}); retrying in {delay:.1f}s")
 
-        await codec.wait_ready(envelope.raw_value, envelope.raw_key, waiting)
+        await schemas_ready(codec, envelope, waiting)
     evaluation: Evaluation = route(handlers, envelope, codec)
     counts["rerouted"] += 1
     counts["resubmitted"] += len(evaluation.requests)
@@ -156,19 +158,3 @@ async def _replay_one(
             key=again.key,
             headers=again.headers(),
         )
-
-
-_CODECS: dict[str, AvroCodec] = {}
-
-
-def _codec(config: HeraldConfig, name: str) -> AvroCodec | None:
-    """The Avro codec of an AVRO integration (one registry client per integration)."""
-    try:
-        integration = config.integration(name)
-    except LookupError:
-        return None
-    if integration.sendingProtocol is not SendingProtocol.AVRO:
-        return None
-    if name not in _CODECS:
-        _CODECS[name] = AvroCodec(integration, RegistryClient(integration))
-    return _CODECS[name]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -45,16 +46,29 @@ class RuleSet:
     agent needs the handlers. An overlay entry is dropped once the table holds the seed marker
     written after it (same partition, so the handler record before it is applied too, and any
     later runtime change wins).
+
+    `compiled` are the configuration's handlers as the configuration check compiled them
+    (`streams.config.checked.Checked.handlers`): while the table holds a handler exactly as
+    the configuration has it, that compiled handler is used instead of compiling it again.
     """
 
-    def __init__(self, config: HeraldConfig, table: RulesTable, topic_name: str) -> None:
+    def __init__(
+        self,
+        config: HeraldConfig,
+        table: RulesTable,
+        topic_name: str,
+        *,
+        compiled: Sequence[CompiledHandler] = (),
+    ) -> None:
         self.config = config
         self.table = table
         self.topic_name = topic_name
         self.ready = asyncio.Event()
         self._version: tuple[int, int] = (-1, -1)
         self._index = HandlerIndex([])
-        self._compiled: dict[bytes, CompiledHandler | None] = {}  # by blob hash
+        self._compiled: dict[bytes, CompiledHandler | None] = {  # by blob hash
+            blob_hash(handler_blob(handler.spec)): handler for handler in compiled
+        }
         # name -> (blob, seed hash); (None, None) for a handler being removed
         self._overlay: dict[bytes, tuple[bytes | None, bytes | None]] = {}
         self._overlay_generation = 0

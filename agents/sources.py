@@ -29,6 +29,7 @@ from agents.limits import record_limit
 from agents.runtime import Runtime
 from streams import codecs, routing
 from streams.actions.base import ActionRequest
+from streams.avro.codecs import schemas_ready
 from streams.deadletter import DeadLetter, for_envelope
 from streams.handlers import CompiledHandler, Evaluation
 from streams.message import Envelope
@@ -59,8 +60,8 @@ def _timestamp(ms: int | None) -> int | None:
 async def route(
     runtime: Runtime, handlers: list[CompiledHandler], envelope: Envelope
 ) -> Evaluation:
-    codec = runtime.codec_for(envelope.integration)
-    if codec is not None and codec.unknown_ids(envelope.raw_value, envelope.raw_key):
+    codec = runtime.codecs.for_records(envelope.integration)
+    if codec is not None:
         # The writer schema must come from the registry. While the registry cannot answer the
         # batch stays unfinished and the agent waits: an outage never dead-letters anything.
         def waiting(error: Exception, delay: float) -> None:
@@ -73,7 +74,7 @@ async def route(
                 delay,
             )
 
-        await codec.wait_ready(envelope.raw_value, envelope.raw_key, waiting)
+        await schemas_ready(codec, envelope, waiting)
     return routing.route(handlers, envelope, codec)
 
 
@@ -212,7 +213,7 @@ class SourceRunner:
         if not handlers:
             batch.ticket.done()
             return
-        sync = runtime.codec_for(home) is None
+        sync = runtime.codecs.for_records(home) is None
         limit = self.max_record_bytes
         sent: list[Sent] = []
         for record in batch.records:

@@ -50,17 +50,15 @@ class HeraldConductor(Conductor):
         self._batch_channels: dict[str, BatchChannel] = {}
 
     def add_batch_channel(self, topic: TopicT, channel: BatchChannel) -> None:
-        """Subscribe to `topic` and hand its records to `channel` in batches."""
+        """Subscribe to `topic` and hand its records to `channel` in batches; the channel
+        drops what it queued of a partition when the ledger revokes it."""
         for name in topic.topics:
             self._batch_channels[name] = channel
+        self.app.ledger.on_revoke(channel.revoke)  # type: ignore[attr-defined]
         self.add(topic)
 
     def batch_channel(self, topic: str) -> BatchChannel | None:
         return self._batch_channels.get(topic)
-
-    @property
-    def batch_channels(self) -> list[BatchChannel]:
-        return list({id(c): c for c in self._batch_channels.values()}.values())
 
 
 class HeraldConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
@@ -145,23 +143,12 @@ class HeraldConsumer(aiokafka_driver.Consumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.ledger = OffsetLedger()
-        self.ledger.on_revoke(self._tell_revoked)
+        self.ledger: OffsetLedger = self.app.ledger
         self._reposition_failed_at = 0.0
         #: Filled in the consumer's thread (agents.fetchguard), read here after each fetch.
         self.fetch_reports: deque[tuple[Any, Unreadable]] = deque()
         self.fetch_errors: deque[Exception] = deque()
         self._fetch_error_logged_at = 0.0
-
-    def _tell_revoked(self, tps: set[TP]) -> None:
-        """The ledger's revoke fan-out: the batch channels drop what they queued, then every
-        listener the app registered (`HeraldApp.on_batches_revoked`) drops what it holds."""
-        conductor = self.app.topics
-        if isinstance(conductor, HeraldConductor):
-            for channel in conductor.batch_channels:
-                channel.revoke(tps)
-        for listener in getattr(self.app, "batch_revoke_listeners", ()):
-            listener(tps)
 
     def _new_consumer_thread(self) -> HeraldConsumerThread:
         return HeraldConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -358,14 +345,15 @@ class HeraldTransport(aiokafka_driver.Transport):
 
 
 class HeraldApp(faust.App):
-    """A Faust app on `HeraldTransport`; `fetch_max_wait_ms` overrides Faust's 1,500 ms."""
+    """A Faust app on `HeraldTransport`, with the worker's one offset ledger
+    (agents.ledger): what batch partitions may commit, and who hears of their revocation
+    (`app.ledger.on_revoke`). `fetch_max_wait_ms` overrides Faust's 1,500 ms."""
 
     fetch_max_wait_ms: int | None = None
 
-    def on_batches_revoked(self, listener: Any) -> None:
-        """Call `listener(tps)` when batch partitions leave this worker (or come back in a
-        new assignment): the ledger's one revoke fan-out."""
-        self.__dict__.setdefault("batch_revoke_listeners", []).append(listener)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ledger = OffsetLedger()
 
     def _new_transport(self) -> HeraldTransport:
         return HeraldTransport(self.conf.broker_consumer, self)

@@ -57,7 +57,7 @@ PARTS = [
             "agents/batches.py",
         ),
     ),
-    ("Herald agents (sources.py, sinks.py)", ("agents/sources.py", "agents/sinks.py")),
+    ("Herald agents (sources.py, sink/)", ("agents/sources.py", "agents/sink/")),
     ("asyncio / uvloop", ("asyncio/", "mode/worker.py", "mode/services.py")),
 ]
 

@@ -11,18 +11,18 @@ the dead letters for whatever failed. A failure in one handler never affects ano
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from streams.actions.base import ActionRequest, ActionType, delivery_id
-from streams.actions.registry import ACTIONS
+from streams.actions import registry
+from streams.actions.base import ActionRequest, Renderer
 from streams.conditions import Condition, compile_condition
+from streams.config.messages import error_message
 from streams.config.models import Action, EventHandler, HeraldConfig, Target
-from streams.deadletter import DeadLetter, for_envelope, source_of
+from streams.deadletter import DeadLetter, for_envelope
 from streams.errors import ConditionError, ConfigError, TemplateError
 from streams.message import Envelope
 from streams.templating import Template, compile_template, expand_inline_json
@@ -31,7 +31,7 @@ from streams.templating import Template, compile_template, expand_inline_json
 @dataclass(slots=True)
 class CompiledAction:
     index: int
-    action_type: ActionType
+    renderer: Renderer[Any]
     template: Template
     expand_inline_json: bool
     ordering_key: Template | None
@@ -40,11 +40,11 @@ class CompiledAction:
 
     @property
     def name(self) -> str:
-        return self.action_type.name
+        return self.renderer.name
 
     @property
     def target_name(self) -> str | None:
-        return self.action_type.target.name if self.action_type.target else None
+        return self.renderer.target.name if self.renderer.target else None
 
 
 @dataclass(slots=True)
@@ -92,12 +92,13 @@ def compile_handler(
         problems.append(f"{where}.condition: {exc}; fix the expression")
     actions: list[CompiledAction] = []
     for index, action in enumerate(handler.actions):
-        compiled = _compile_action(action, index, config, f"{where}.actions[{index}]", problems)
+        compiled = _compile_action(
+            action, index, handler.event, config, f"{where}.actions[{index}]", problems
+        )
         if compiled is None:
             continue
-        compiled.action_type.event = handler.event
-        action_cls = type(compiled.action_type)
-        if handler.active and action_cls.requires_target and compiled.action_type.target is None:
+        action_cls = type(compiled.renderer)
+        if handler.active and action_cls.requires_target and compiled.renderer.target is None:
             problems.append(
                 f"{where}.actions[{index}].{action_cls.name}: needs a {action_cls.target_type} "
                 f"target; define one under targets (type: {action_cls.target_type})"
@@ -110,13 +111,13 @@ def compile_handler(
 
 
 def _compile_action(
-    action: Action, index: int, config: HeraldConfig, where: str, problems: list[str]
+    action: Action, index: int, event: str, config: HeraldConfig, where: str, problems: list[str]
 ) -> CompiledAction | None:
-    action_cls = ACTIONS.get(action.action)
+    action_cls = registry.renderer(action.action)
     if action_cls is None:
         problems.append(
             f"{where}.action: unknown action {action.action!r}; use one of "
-            f"{', '.join(sorted(ACTIONS))}"
+            f"{', '.join(registry.names())}"
         )
         return None
     extra = action.model_extra or {}
@@ -137,24 +138,25 @@ def _compile_action(
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{where}.{action.action}.{loc}: {_pydantic_hint(err)}")
+            message = error_message(err, None, show_input=False)
+            problems.append(f"{where}.{action.action}.{loc}: {message}")
         return None
     before_target = len(problems)
     target = _resolve_target(action_cls, getattr(params, "target", None), config, where, problems)
-    action_type = action_cls(params, target)
+    renderer = action_cls(params, target, event)
     before = len(problems)
-    template = _template(action_type.template_source(), f"{where}.{action.action}", problems)
+    template = _template(renderer.template_source(), f"{where}.{action.action}", problems)
     ordering = _template(action.orderingKey, f"{where}.orderingKey", problems)
     dedupe = (
         _template(action.dedupe.key, f"{where}.dedupe.key", problems) if action.dedupe else None
     )
-    for name, problem in action_type.static_problems(target_resolved=before == before_target):
+    for name, problem in renderer.static_problems(target_resolved=before == before_target):
         problems.append(f"{where}.{action.action}.{name}: {problem}")
     if template is None or len(problems) > before:
         return None
     return CompiledAction(
         index=index,
-        action_type=action_type,
+        renderer=renderer,
         template=template,
         expand_inline_json=action.expandInlineJSON,
         ordering_key=ordering,
@@ -174,17 +176,8 @@ def _template(source: Any, where: str, problems: list[str]) -> Template | None:
         return None
 
 
-def _pydantic_hint(err: Any) -> str:
-    kind = err.get("type", "")
-    if kind == "extra_forbidden":
-        return f"unknown field {err['loc'][-1]!r}; remove it or check its spelling"
-    if kind == "missing":
-        return "field required; set it"
-    return f"{err.get('msg', 'invalid value')}"
-
-
 def _resolve_target(
-    action_cls: type[ActionType],
+    action_cls: type[Renderer[Any]],
     name: str | None,
     config: HeraldConfig,
     where: str,
@@ -310,12 +303,12 @@ def render_action(
     try:
         value = (message or _Message(envelope.value)).for_action(action)
         rendered = action.template.render(value, meta)
-        payload = action.action_type.finish(rendered, envelope)
+        payload = action.renderer.finish(rendered, envelope)
         dedupe_key = _render_text(action.dedupe_key, value, meta)
         ordering = (
             _render_text(action.ordering_key, value, meta)
             or dedupe_key
-            or action.action_type.ordering_key(payload, envelope)
+            or action.renderer.ordering_key(payload, envelope)
             or envelope.key
             or f"{envelope.topic}/{envelope.partition}"
         )
@@ -328,19 +321,14 @@ def render_action(
             action=action.name,
             index=action.index,
         )
-    source = source_of(envelope)
-    source["messageId"] = envelope.message_id
-    return ActionRequest(
-        id=delivery_id(envelope.message_id, handler.name, action.index),
+    return ActionRequest.create(
+        origin=envelope,
         handler=handler.name,
         event=handler.spec.event,
         action=action.name,
         index=action.index,
         payload=payload,
         ordering_key=ordering,
-        source=source,
-        integration=envelope.integration,
-        created_ms=int(time.time() * 1000),
         target=action.target_name,
         dedupe_key=dedupe_key,
         dedupe_window_s=action.dedupe_window,

@@ -21,14 +21,24 @@ from collections import deque
 
 
 class Ticket:
-    """One batch handed out: records `first`..`last` of a partition. `done()` when finished."""
+    """One batch handed out: records `first`..`last` of a partition. `done()` when finished.
 
-    __slots__ = ("_progress", "end", "finished")
+    A ticket is finished by one `done()`, or, after `expect(n)`, by the n-th: the sink finishes
+    each record of a batch on its own (its lanes deliver them out of order), and the batch is
+    done only with the last of them.
+    """
+
+    __slots__ = ("_progress", "end", "finished", "_remaining")
 
     def __init__(self, progress: PartitionProgress, end: int) -> None:
         self._progress = progress
         self.end = end  # the offset after the batch's last record
         self.finished = False
+        self._remaining = 1
+
+    def expect(self, parts: int) -> None:
+        """The ticket is finished by the `parts`-th call of `done()` (at least one)."""
+        self._remaining = max(parts, 1)
 
     @property
     def stale(self) -> bool:
@@ -37,8 +47,12 @@ class Ticket:
         return self._progress.revoked
 
     def done(self) -> None:
-        """The batch's work is durably done (produced, delivered or dead-lettered)."""
-        if not self.finished:
+        """The batch's work (or one expected part of it) is durably done: produced,
+        delivered or dead-lettered."""
+        if self.finished:
+            return
+        self._remaining -= 1
+        if self._remaining <= 0:
             self.finished = True
             self._progress.advance()
 

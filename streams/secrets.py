@@ -32,7 +32,7 @@ import base64
 import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -60,6 +60,18 @@ _PLAIN = re.compile(r"^(?:true|false|yes|no|on|off|null|none|[-+]?\d{1,9}(?:\.\d
 _URL_PASSWORD = re.compile(r"\w+://[^/\s:@]*:([^/\s@]+)@")
 _CREDENTIAL_HEADER = re.compile(r"auth|token|secret|password|api-?key|cookie|session", re.I)
 _SCHEME = re.compile(r"^\s*(?:bearer|basic|token|apikey|digest)\s+(\S+)\s*$", re.I)
+
+
+def mask_keys(mapping: Mapping[str, Any], keys: Collection[str]) -> dict[str, Any]:
+    """A copy of `mapping` with the values of those of `keys` it holds masked: for a secret
+    whose place is known (a payload's `integrationKey`) even when it was never registered."""
+    return {k: (MASK if k in keys else v) for k, v in mapping.items()}
+
+
+def mask_secret(text: str, secret: str) -> str:
+    """`text` with every occurrence of one known secret masked: for a secret met where it is
+    used (a key from a message, in the URL an error names), which the scrubber cannot know."""
+    return text.replace(secret, MASK) if secret else text
 
 
 def is_credential_header(name: str) -> bool:

@@ -35,7 +35,7 @@ from typing import Any
 
 from streams.config.models import Integration, TruststoreType
 from streams.errors import HeraldError
-from streams.secrets import MASK, scrub
+from streams.secrets import mask_secret, scrub
 
 log = logging.getLogger("herald.security")
 
@@ -463,7 +463,7 @@ def redact(text: str, integration: Integration) -> str:
     for secret in secrets:
         value = secret.get_secret_value() if secret is not None else ""
         if len(value) >= 3:
-            text = text.replace(value, MASK)
+            text = mask_secret(text, value)
     return scrub(text)
 
 

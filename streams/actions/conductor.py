@@ -1,7 +1,8 @@
 """Conductor's event-handler actions, delivered over Conductor's REST API.
 
 Conductor runs these actions in-process (`SimpleActionProcessor`); Herald runs them against a
-Conductor server named by a `conductor` target, with the same parameter names and templating:
+Conductor server named by a `conductor` target, with the same parameter names and templating
+(each action a renderer, e.g. `StartWorkflow`, and a delivery, e.g. `StartWorkflowDelivery`):
 
 - `start_workflow`: start `name`/`version` with the templated `input` and `correlationId`,
   adding `conductor.event.messageId` and `conductor.event.name` to the input, as Conductor does.
@@ -49,15 +50,17 @@ from pydantic import Field, StrictBool, model_validator
 from streams.actions.base import (
     ActionInputError,
     ActionRequest,
-    ActionType,
+    Delivery,
     DeliveryContext,
+    Origin,
+    P,
     ParamsModel,
+    Renderer,
 )
 from streams.conductor_auth import RENEW_ON, api_base, auth_error_code, token_cache
 from streams.config.models import Target
 from streams.delivery import classify_status, parse_retry_after
 from streams.errors import DeliveryError
-from streams.message import Envelope
 from streams.templating import to_text
 
 EVENT_MESSAGE_ID = "conductor.event.messageId"
@@ -205,7 +208,7 @@ def _no_message_field(value: Any, name: str) -> Any:
     return value
 
 
-class _ConductorAction(ActionType):
+class _ConductorAction(Renderer[P]):
     target_type: ClassVar[str | None] = "conductor"
     requires_target: ClassVar[bool] = True
     static: ClassVar[tuple[str, ...]] = ()  # parameters Conductor does not template
@@ -216,17 +219,17 @@ class _ConductorAction(ActionType):
             data.pop(name, None)
         return data
 
-    def _event_fields(self, envelope: Envelope) -> dict[str, Any]:
+    def _event_fields(self, origin: Origin) -> dict[str, Any]:
         return {
-            EVENT_MESSAGE_ID: envelope.message_id,
-            EVENT_NAME: self.event or f"kafka:{envelope.integration}:{envelope.topic}",
+            EVENT_MESSAGE_ID: origin.message_id,
+            EVENT_NAME: self.event or f"kafka:{origin.integration}:{origin.topic}",
         }
 
-    @staticmethod
-    def _require_target(target: Target | None, name: str) -> Target:
-        if target is None:
-            raise DeliveryError(f"{name}: no conductor target", retryable=False)
-        return target
+
+def _require_target(target: Target | None, request: ActionRequest) -> Target:
+    if target is None:
+        raise DeliveryError(f"{request.action}: no conductor target", retryable=False)
+    return target
 
 
 def _text(value: Any) -> str | None:
@@ -257,18 +260,18 @@ class StartWorkflowParams(ParamsModel):
         return self
 
 
-class StartWorkflow(_ConductorAction):
+class StartWorkflow(_ConductorAction[StartWorkflowParams]):
     """Conductor's `start_workflow`: `POST /api/workflow`; the result is the workflow id."""
 
     name = "start_workflow"
     Params = StartWorkflowParams
     static = ("name", "version", "taskToDomain", "idempotencyStrategy", "inputMessage")
 
-    def finish(self, rendered: dict[str, Any], envelope: Envelope) -> dict[str, Any]:
-        params: StartWorkflowParams = self.params  # type: ignore[assignment]
+    def finish(self, rendered: dict[str, Any], origin: Origin) -> dict[str, Any]:
+        params = self.params
         workflow_input = rendered.get("input")
         workflow_input = dict(workflow_input) if isinstance(workflow_input, dict) else {}
-        workflow_input.update(self._event_fields(envelope))
+        workflow_input.update(self._event_fields(origin))
         correlation = _text(rendered.get("correlationId"))
         if correlation is None and params.correlationId is not None:
             correlation = str(params.correlationId)  # Conductor sends the template text
@@ -291,11 +294,14 @@ class StartWorkflow(_ConductorAction):
             )
         return {"request": request}
 
-    @classmethod
+
+class StartWorkflowDelivery(Delivery):
+    """`POST /api/workflow`, idempotent by the delivery id unless the action gives a key."""
+
     async def deliver(
-        cls, request: ActionRequest, ctx: DeliveryContext, target: Target | None
+        self, request: ActionRequest, ctx: DeliveryContext, target: Target | None
     ) -> Any:
-        target = cls._require_target(target, cls.name)
+        target = _require_target(target, request)
         body = dict(request.payload["request"])
         if "idempotencyKey" not in body:
             body["idempotencyKey"] = request.id
@@ -330,7 +336,7 @@ class FailTaskParams(TaskDetailsParams):
     reasonForIncompletion: Any = None
 
 
-class CompleteTask(_ConductorAction):
+class CompleteTask(_ConductorAction[TaskDetailsParams]):
     """Conductor's `complete_task`: set a task COMPLETED with the templated output."""
 
     name = "complete_task"
@@ -340,7 +346,7 @@ class CompleteTask(_ConductorAction):
     def template_source(self) -> dict[str, Any]:
         # Conductor templates one map: {workflowId, taskId, taskRefName} then the output's
         # entries over it, and that map (with the event fields) becomes the task's output.
-        params: TaskDetailsParams = self.params  # type: ignore[assignment]
+        params = self.params
         merged: dict[str, Any] = {
             "workflowId": params.workflowId,
             "taskId": params.taskId,
@@ -353,7 +359,7 @@ class CompleteTask(_ConductorAction):
             source["reasonForIncompletion"] = reason
         return source
 
-    def finish(self, rendered: dict[str, Any], envelope: Envelope) -> dict[str, Any]:
+    def finish(self, rendered: dict[str, Any], origin: Origin) -> dict[str, Any]:
         output = dict(rendered.get("output") or {})
         workflow_id = _text(output.get("workflowId"))
         task_id = _text(output.get("taskId"))
@@ -364,7 +370,7 @@ class CompleteTask(_ConductorAction):
                 f"{workflow_id!r}, taskRefName to {ref_name!r}; give taskId, or workflowId and "
                 "taskRefName"
             )
-        output.update(self._event_fields(envelope))
+        output.update(self._event_fields(origin))
         payload: dict[str, Any] = {
             "status": self.status,
             "workflowId": workflow_id or None,
@@ -377,15 +383,27 @@ class CompleteTask(_ConductorAction):
             payload["reasonForIncompletion"] = _text(reason)
         return payload
 
-    def ordering_key(self, payload: dict[str, Any], envelope: Envelope) -> str | None:
+    def ordering_key(self, payload: dict[str, Any], origin: Origin) -> str | None:
         key = payload.get("workflowId") or payload.get("taskId")
         return f"conductor:{key}" if key else None
 
-    @classmethod
+
+class FailTask(CompleteTask):
+    """Conductor's `fail_task`: set a task FAILED, with `reasonForIncompletion` if given."""
+
+    name = "fail_task"
+    Params: ClassVar[type[ParamsModel]] = FailTaskParams
+    status: ClassVar[str] = "FAILED"
+
+
+class TaskUpdateDelivery(Delivery):
+    """Set a task's status and output (`complete_task`, `fail_task`: the status is in the
+    payload), by reference when that is enough, else through a TaskResult."""
+
     async def deliver(
-        cls, request: ActionRequest, ctx: DeliveryContext, target: Target | None
+        self, request: ActionRequest, ctx: DeliveryContext, target: Target | None
     ) -> Any:
-        target = cls._require_target(target, cls.name)
+        target = _require_target(target, request)
         p = request.payload
         status, reason = p["status"], p.get("reasonForIncompletion")
         workflow_id, task_id = p.get("workflowId"), p.get("taskId")
@@ -417,14 +435,6 @@ class CompleteTask(_ConductorAction):
             "workflowId": workflow_id,
             "status": status,
         }
-
-
-class FailTask(CompleteTask):
-    """Conductor's `fail_task`: set a task FAILED, with `reasonForIncompletion` if given."""
-
-    name = "fail_task"
-    Params: ClassVar[type[ParamsModel]] = FailTaskParams
-    status: ClassVar[str] = "FAILED"
 
 
 async def _workflow_of_task(ctx: DeliveryContext, target: Target, task_id: str) -> str:
@@ -477,13 +487,13 @@ class TerminateWorkflowParams(ParamsModel):
     terminationReason: Any = None
 
 
-class TerminateWorkflow(_ConductorAction):
+class TerminateWorkflow(_ConductorAction[TerminateWorkflowParams]):
     """Orkes' `terminate_workflow`: `DELETE /api/workflow/{workflowId}?reason=...`."""
 
     name = "terminate_workflow"
     Params = TerminateWorkflowParams
 
-    def finish(self, rendered: dict[str, Any], envelope: Envelope) -> dict[str, Any]:
+    def finish(self, rendered: dict[str, Any], origin: Origin) -> dict[str, Any]:
         workflow_id = _text(rendered.get("workflowId"))
         if not workflow_id:
             raise ActionInputError("terminate_workflow.workflowId rendered to nothing")
@@ -493,14 +503,17 @@ class TerminateWorkflow(_ConductorAction):
             payload["terminationReason"] = _text(reason)
         return payload
 
-    def ordering_key(self, payload: dict[str, Any], envelope: Envelope) -> str | None:
+    def ordering_key(self, payload: dict[str, Any], origin: Origin) -> str | None:
         return f"conductor:{payload['workflowId']}"
 
-    @classmethod
+
+class TerminateWorkflowDelivery(Delivery):
+    """`DELETE /api/workflow/{workflowId}?reason=...`."""
+
     async def deliver(
-        cls, request: ActionRequest, ctx: DeliveryContext, target: Target | None
+        self, request: ActionRequest, ctx: DeliveryContext, target: Target | None
     ) -> Any:
-        target = cls._require_target(target, cls.name)
+        target = _require_target(target, request)
         workflow_id = request.payload["workflowId"]
         reason = request.payload.get("terminationReason")
         params = {"reason": reason} if reason is not None else None
@@ -515,7 +528,7 @@ class UpdateWorkflowVariablesParams(ParamsModel):
     appendArray: StrictBool = False
 
 
-class UpdateWorkflowVariables(_ConductorAction):
+class UpdateWorkflowVariables(_ConductorAction[UpdateWorkflowVariablesParams]):
     """Orkes' `update_workflow_variables`: `POST /api/workflow/{workflowId}/variables`.
 
     With `appendArray`, a list given for a variable that already holds a list is appended to
@@ -528,8 +541,8 @@ class UpdateWorkflowVariables(_ConductorAction):
     Params = UpdateWorkflowVariablesParams
     static = ("appendArray",)
 
-    def finish(self, rendered: dict[str, Any], envelope: Envelope) -> dict[str, Any]:
-        params: UpdateWorkflowVariablesParams = self.params  # type: ignore[assignment]
+    def finish(self, rendered: dict[str, Any], origin: Origin) -> dict[str, Any]:
+        params = self.params
         workflow_id = _text(rendered.get("workflowId"))
         if not workflow_id:
             raise ActionInputError("update_workflow_variables.workflowId rendered to nothing")
@@ -540,14 +553,18 @@ class UpdateWorkflowVariables(_ConductorAction):
             "appendArray": params.appendArray,
         }
 
-    def ordering_key(self, payload: dict[str, Any], envelope: Envelope) -> str | None:
+    def ordering_key(self, payload: dict[str, Any], origin: Origin) -> str | None:
         return f"conductor:{payload['workflowId']}"
 
-    @classmethod
+
+class UpdateWorkflowVariablesDelivery(Delivery):
+    """`POST /api/workflow/{workflowId}/variables`; with `appendArray`, lists are read first
+    and appended to (see `UpdateWorkflowVariables`)."""
+
     async def deliver(
-        cls, request: ActionRequest, ctx: DeliveryContext, target: Target | None
+        self, request: ActionRequest, ctx: DeliveryContext, target: Target | None
     ) -> Any:
-        target = cls._require_target(target, cls.name)
+        target = _require_target(target, request)
         workflow_id = request.payload["workflowId"]
         variables = dict(request.payload["variables"])
         path = f"/workflow/{_segment(workflow_id)}"
@@ -563,12 +580,3 @@ class UpdateWorkflowVariables(_ConductorAction):
                     variables[name] = [*current[name], *value]
         await call(ctx, target, "POST", f"{path}/variables", json_body=variables)
         return {"workflowId": workflow_id, "variables": sorted(variables)}
-
-
-CONDUCTOR_ACTIONS: tuple[type[ActionType], ...] = (
-    StartWorkflow,
-    CompleteTask,
-    FailTask,
-    TerminateWorkflow,
-    UpdateWorkflowVariables,
-)

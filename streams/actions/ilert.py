@@ -3,6 +3,10 @@
 An ilert event is accepted with 202. The integration key may come from the action (templated,
 for messages that carry their own key) or from the named ilert target; a key from the target is
 added only at delivery time so it never travels through Kafka or appears in a record.
+
+Each action has its renderer (`IlertEvent`, `IlertHeartbeat`: source side) and its delivery
+(`IlertEventDelivery`, `IlertHeartbeatDelivery`: sink side); `heartbeat_request` is the one
+request of a heartbeat ping that Herald makes itself (timers, ilagent's proxy).
 """
 
 from __future__ import annotations
@@ -16,20 +20,26 @@ from streams.actions.base import (
     TEMPLATED,
     ActionInputError,
     ActionRequest,
-    ActionType,
+    Delivery,
     DeliveryContext,
+    Origin,
     ParamsModel,
+    Renderer,
     static_value,
 )
 from streams.config.models import Target
 from streams.delivery import http_request
 from streams.errors import DeliveryError
-from streams.message import Envelope
+from streams.secrets import mask_keys, mask_secret
 
 EVENT_TYPES = ("ALERT", "ACCEPT", "RESOLVE", "COMMENT")
 TEXT_FIELDS = ("eventType", "summary", "details", "alertKey", "priority", "routingKey")
 PRIORITIES = ("HIGH", "LOW")
 DEFAULT_BASE_URL = "https://api.ilert.com"
+HEARTBEAT_PATH = "/api/heartbeats/{integrationKey}"
+HEARTBEAT_ORDERING_KEY = "heartbeat"  # pings of one worker are delivered in order
+# Payload fields that hold an integration key, masked in execution records and logs.
+SECRET_KEYS = frozenset({"integrationKey"})
 BODY_FIELDS = (
     "integrationKey",
     "eventType",
@@ -94,8 +104,8 @@ def map_value(value: Any, mapping: dict[str, Any]) -> Any:
     return folded.get(text.casefold(), value)
 
 
-class IlertEvent(ActionType):
-    """POST an event to ilert's event API."""
+class IlertEvent(Renderer[IlertEventParams]):
+    """An event for ilert's event API, rendered from a message."""
 
     name = "ilert_event"
     Params = IlertEventParams
@@ -107,8 +117,8 @@ class IlertEvent(ActionType):
             data.pop(static, None)
         return data
 
-    def finish(self, rendered: dict[str, Any], envelope: Envelope) -> dict[str, Any]:
-        params: IlertEventParams = self.params  # type: ignore[assignment]
+    def finish(self, rendered: dict[str, Any], origin: Origin) -> dict[str, Any]:
+        params = self.params
         body = {k: rendered.get(k) for k in BODY_FIELDS}
         if body["integrationKey"] is None:
             body["integrationKey"] = rendered.get("apiKey")
@@ -126,7 +136,7 @@ class IlertEvent(ActionType):
             event_type = map_value(body["eventType"] or "ALERT", params.eventTypeMap)
         body["eventType"] = _rendered("eventType", _event_type, event_type)
         if body["eventType"] == "ALERT" and not body.get("summary"):
-            body["summary"] = f"New alert from {envelope.topic}"
+            body["summary"] = f"New alert from {origin.topic}"
         for name, rule in _RULES.items():
             if name != "eventType" and body[name] is not None:
                 body[name] = _rendered(name, rule, body[name])
@@ -138,14 +148,14 @@ class IlertEvent(ActionType):
             )
         return {"path": params.path, "body": {k: v for k, v in body.items() if v is not None}}
 
-    def ordering_key(self, payload: dict[str, Any], envelope: Envelope) -> str | None:
+    def ordering_key(self, payload: dict[str, Any], origin: Origin) -> str | None:
         alert_key = payload["body"].get("alertKey")
         return f"ilert:{alert_key}" if alert_key else None
 
     def static_problems(self, *, target_resolved: bool = True) -> Iterator[tuple[str, str]]:
         """eventType, priority and severity (and their defaults) written without a template,
         checked as `finish` checks them once rendered: after valueMaps and eventTypeMap."""
-        params: IlertEventParams = self.params  # type: ignore[assignment]
+        params = self.params
         for name, rule in _RULES.items():
             value = static_value(getattr(params, name))
             if value is not TEMPLATED and not (_missing(name, value) and name in params.defaults):
@@ -160,7 +170,7 @@ class IlertEvent(ActionType):
 
     def _static_problem(self, name: str, rule: _Rule, value: Any) -> str | None:
         """What is wrong with a field's fixed value once mapped as `finish` maps it."""
-        params: IlertEventParams = self.params  # type: ignore[assignment]
+        params = self.params
         if value is None:
             return None  # the field is left out (eventType: ALERT)
         mapped = map_value(value, params.valueMaps.get(name) or {})
@@ -168,9 +178,12 @@ class IlertEvent(ActionType):
             mapped = map_value(mapped, params.eventTypeMap)
         return _problem(rule, mapped, "is" if mapped == value else f"{value!r} maps to")
 
-    @classmethod
+
+class IlertEventDelivery(Delivery):
+    """POST an event to ilert's event API, with the target's key when the event has none."""
+
     async def deliver(
-        cls, request: ActionRequest, ctx: DeliveryContext, target: Target | None
+        self, request: ActionRequest, ctx: DeliveryContext, target: Target | None
     ) -> Any:
         body = dict(request.payload["body"])
         if "integrationKey" not in body and target and target.integrationKey:
@@ -182,16 +195,14 @@ class IlertEvent(ActionType):
             "POST",
             url,
             key,
-            timeout=cls.timeout(target),
+            timeout=self.timeout(target),
             json_body=body,
             headers=_headers(ctx, request, target),
         )
         return {"status": status, "response": text[:500]}
 
-    @staticmethod
-    def redact(payload: dict[str, Any]) -> dict[str, Any]:
-        body = {k: ("***" if k == "integrationKey" else v) for k, v in payload["body"].items()}
-        return {**payload, "body": body}
+    def redact(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {**payload, "body": mask_keys(payload["body"], SECRET_KEYS)}
 
 
 def _missing(field_name: str, value: Any) -> bool:
@@ -277,7 +288,7 @@ async def _request(
         if not key or key not in str(exc):
             raise
         raise DeliveryError(
-            str(exc).replace(key, "***"),
+            mask_secret(str(exc), key),
             retryable=exc.retryable,
             retry_after=exc.retry_after,
             status=exc.status,
@@ -288,11 +299,11 @@ class IlertHeartbeatParams(ParamsModel):
     target: str | None = None
     integrationKey: Any = None
     apiKey: Any = None  # ilert's legacy name for integrationKey
-    path: str = "/api/heartbeats/{integrationKey}"
+    path: str = HEARTBEAT_PATH
 
 
-class IlertHeartbeat(ActionType):
-    """Ping an ilert heartbeat: GET /api/heartbeats/{key}, 202 on success."""
+class IlertHeartbeat(Renderer[IlertHeartbeatParams]):
+    """A ping of an ilert heartbeat, rendered from a message."""
 
     name = "ilert_heartbeat"
     Params = IlertHeartbeatParams
@@ -303,7 +314,7 @@ class IlertHeartbeat(ActionType):
         data.pop("path", None)
         return data
 
-    def finish(self, rendered: dict[str, Any], envelope: Envelope) -> dict[str, Any]:
+    def finish(self, rendered: dict[str, Any], origin: Origin) -> dict[str, Any]:
         key = rendered.get("integrationKey")
         if key is None:
             key = rendered.get("apiKey")
@@ -311,17 +322,42 @@ class IlertHeartbeat(ActionType):
             raise ActionInputError(
                 "ilert_heartbeat has no integrationKey: set it on the action or on the target"
             )
-        payload: dict[str, Any] = {"path": self.params.path}  # type: ignore[attr-defined]
-        if key is not None:
-            payload["integrationKey"] = str(key)
-        return payload
+        return _heartbeat_payload(self.params.path, None if key is None else str(key))
 
-    def ordering_key(self, payload: dict[str, Any], envelope: Envelope) -> str | None:
-        return "heartbeat"
+    def ordering_key(self, payload: dict[str, Any], origin: Origin) -> str | None:
+        return HEARTBEAT_ORDERING_KEY
 
-    @classmethod
+
+def _heartbeat_payload(path: str, key: str | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {"path": path}
+    if key is not None:
+        payload["integrationKey"] = key
+    return payload
+
+
+def heartbeat_request(
+    *, id: str, handler: str, event: str, integration: str, target: str, key: str | None = None
+) -> ActionRequest:
+    """A ping Herald makes itself (not rendered from a message), delivered at once with
+    `IlertHeartbeatDelivery`: of `key`'s heartbeat, or of the target's key when None (which
+    then stays out of the request)."""
+    return ActionRequest.create(
+        id=id,
+        handler=handler,
+        event=event,
+        action=IlertHeartbeat.name,
+        payload=_heartbeat_payload(HEARTBEAT_PATH, key),
+        ordering_key=HEARTBEAT_ORDERING_KEY,
+        integration=integration,
+        target=target,
+    )
+
+
+class IlertHeartbeatDelivery(Delivery):
+    """Ping an ilert heartbeat: GET /api/heartbeats/{key}, 202 on success."""
+
     async def deliver(
-        cls, request: ActionRequest, ctx: DeliveryContext, target: Target | None
+        self, request: ActionRequest, ctx: DeliveryContext, target: Target | None
     ) -> Any:
         key = request.payload.get("integrationKey")
         if key is None and target and target.integrationKey:
@@ -334,11 +370,10 @@ class IlertHeartbeat(ActionType):
             "GET",
             url,
             str(key),
-            timeout=cls.timeout(target),
+            timeout=self.timeout(target),
             headers=_headers(ctx, request, target),
         )
         return {"status": status}
 
-    @staticmethod
-    def redact(payload: dict[str, Any]) -> dict[str, Any]:
-        return {k: ("***" if k == "integrationKey" else v) for k, v in payload.items()}
+    def redact(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return mask_keys(payload, SECRET_KEYS)

@@ -26,15 +26,16 @@ from streams.actions.base import (
     TEMPLATED,
     ActionInputError,
     ActionRequest,
-    ActionType,
+    Delivery,
     DeliveryContext,
+    Origin,
     ParamsModel,
+    Renderer,
     static_value,
 )
 from streams.avro.datum import SchemaMismatch, to_datum
 from streams.avro.schemas import Schema, SchemaError, load, parse
 from streams.config.models import EVENT_PATTERN, Target, topic_safe
-from streams.message import Envelope
 
 FORMATS = ("auto", "json", "string", "avro")
 
@@ -102,7 +103,9 @@ class PublishParams(ParamsModel):
         return self.format == "avro" or self.schema_ is not None or bool(self.schemaSubject)
 
 
-class Publish(ActionType):
+class Publish(Renderer[PublishParams]):
+    """A message for a Kafka topic, rendered from a message."""
+
     name = "publish"
     Params = PublishParams
 
@@ -114,15 +117,15 @@ class Publish(ActionType):
 
     @cached_property
     def avro_schema(self) -> Schema | None:
-        text = self.params.schema_  # type: ignore[attr-defined]
+        text = self.params.schema_
         return parse(text) if text is not None else None
 
-    def finish(self, rendered: dict[str, Any], envelope: Envelope) -> dict[str, Any]:
+    def finish(self, rendered: dict[str, Any], origin: Origin) -> dict[str, Any]:
         try:
             integration, topic = destination(rendered.get("to"))
         except ValueError as exc:
             raise ActionInputError(f"publish.to {exc}") from None
-        fmt = self.params.format  # type: ignore[attr-defined]
+        fmt = self.params.format
         value = rendered.get("value")
         if fmt == "string" or (fmt == "auto" and isinstance(value, str)):
             text = value if isinstance(value, str) else orjson.dumps(value).decode()
@@ -143,10 +146,10 @@ class Publish(ActionType):
         if fmt in ("auto", "avro"):
             params = self.params
             payload["avro"] = {
-                "format": "avro" if params.wants_avro else "auto",  # type: ignore[attr-defined]
-                "schema": params.schema_,  # type: ignore[attr-defined]
-                "subject": params.schemaSubject,  # type: ignore[attr-defined]
-                "version": str(params.schemaVersion),  # type: ignore[attr-defined]
+                "format": "avro" if params.wants_avro else "auto",
+                "schema": params.schema_,
+                "subject": params.schemaSubject,
+                "version": str(params.schemaVersion),
             }
             schema = self.avro_schema
             if schema is not None:
@@ -161,7 +164,7 @@ class Publish(ActionType):
     def static_problems(self, *, target_resolved: bool = True) -> Iterator[tuple[str, str]]:
         """A `to` without a template, checked as `finish` checks it once rendered (whether
         its integration is defined is the loader's cross-check, which knows them all)."""
-        to = static_value(self.params.to)  # type: ignore[attr-defined]
+        to = static_value(self.params.to)
         if to is TEMPLATED:
             return
         try:
@@ -169,12 +172,15 @@ class Publish(ActionType):
         except ValueError as exc:
             yield "to", str(exc)
 
-    def ordering_key(self, payload: dict[str, Any], envelope: Envelope) -> str | None:
+    def ordering_key(self, payload: dict[str, Any], origin: Origin) -> str | None:
         return f"publish:{payload['topic']}:{payload['key']}" if payload.get("key") else None
 
-    @classmethod
+
+class PublishDelivery(Delivery):
+    """Produce the rendered message and wait for the broker's acknowledgement."""
+
     async def deliver(
-        cls, request: ActionRequest, ctx: DeliveryContext, target: Target | None
+        self, request: ActionRequest, ctx: DeliveryContext, target: Target | None
     ) -> Any:
         payload = request.payload
         value = payload["value"]
@@ -185,7 +191,7 @@ class Publish(ActionType):
         avro = payload.get("avro")
         if avro is not None:  # written as Avro at delivery if the format/integration says so
             avro = {**avro, "value": value["text"] if "text" in value else value["json"]}
-            return await ctx.publish(  # type: ignore[call-arg]
+            return await ctx.publish(
                 payload["integration"], payload["topic"], key, data, headers, avro=avro
             )
         return await ctx.publish(payload["integration"], payload["topic"], key, data, headers)

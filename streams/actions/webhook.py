@@ -17,15 +17,17 @@ from streams.actions.base import (
     TEMPLATED,
     ActionInputError,
     ActionRequest,
-    ActionType,
+    Delivery,
     DeliveryContext,
+    Origin,
     ParamsModel,
+    Renderer,
     static_value,
 )
 from streams.config.models import Target
 from streams.delivery import http_request
 from streams.http1 import InvalidURL, check_url
-from streams.message import Envelope
+from streams.targets.webhook import address
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
@@ -46,12 +48,14 @@ class WebhookParams(ParamsModel):
     body: Any = None
 
 
-class Webhook(ActionType):
+class Webhook(Renderer[WebhookParams]):
+    """An HTTP call rendered from a message: the URL joined to the target's, the method."""
+
     name = "webhook"
     Params = WebhookParams
     target_type = "webhook"
 
-    def finish(self, rendered: dict[str, Any], envelope: Envelope) -> dict[str, Any]:
+    def finish(self, rendered: dict[str, Any], origin: Origin) -> dict[str, Any]:
         try:
             url = self._url(rendered.get("url"))
             method = _method(rendered.get("method"))
@@ -79,7 +83,7 @@ class Webhook(ActionType):
 
     def _url(self, value: Any) -> str:
         """The URL called: `value` joined to the target's url, or the target's url alone."""
-        base = (self.target.url or self.target.baseUrl) if self.target else None
+        base = address(self.target) if self.target else None
         url = (urljoin(base, str(value)) if base else str(value)) if value else base
         if not url:
             raise ValueError("url is not set; set it, or name a webhook target that has a url")
@@ -92,9 +96,12 @@ class Webhook(ActionType):
             ) from None
         return url
 
-    @classmethod
+
+class WebhookDelivery(Delivery):
+    """Make the rendered call, with the target's headers under the action's own."""
+
     async def deliver(
-        cls, request: ActionRequest, ctx: DeliveryContext, target: Target | None
+        self, request: ActionRequest, ctx: DeliveryContext, target: Target | None
     ) -> Any:
         payload = request.payload
         # Header names are case-insensitive: a user's `content-type` replaces the default one.
@@ -114,7 +121,7 @@ class Webhook(ActionType):
             ctx.http,
             payload["method"],
             payload["url"],
-            timeout=cls.timeout(target),
+            timeout=self.timeout(target),
             data=data,
             headers=dict(headers),
         )

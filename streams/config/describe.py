@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from streams.actions.registry import ACTIONS
-from streams.config.loader import MASK, SECRET_FIELDS
+from streams.actions import registry
+from streams.config.loader import SECRET_FIELDS
 from streams.config.models import Action, HeraldConfig, Integration, Target
+from streams.secrets import MASK
 
 
 def consumed_topics(config: HeraldConfig) -> dict[str, list[str]]:
@@ -181,8 +182,8 @@ def _target_of(action: str, params: dict[str, Any], config: HeraldConfig) -> str
     """The target named in the params, or the only one of the action's type (as compiled)."""
     if isinstance(params.get("target"), str):
         return params["target"]
-    action_type = ACTIONS.get(action)
-    wanted = action_type.target_type if action_type else None
+    renderer = registry.renderer(action)
+    wanted = renderer.target_type if renderer else None
     candidates = [t.name for t in config.targets if wanted and t.type == wanted]
     return f"{candidates[0]} (the only {wanted} target)" if len(candidates) == 1 else None
 

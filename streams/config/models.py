@@ -1,7 +1,8 @@
 """The configuration model: frozen, validated, with Conductor's and Orkes' field names.
 
 One YAML file holds four sections: `herald` (worker settings), `integrations` (named Kafka
-connections, Orkes field names), `targets` (named delivery endpoints: ilert, webhooks) and
+connections, Orkes field names), `targets` (named delivery endpoints: ilert, webhooks,
+Conductor; what each type needs is in its module under `streams.targets`) and
 `eventHandlers` (Conductor EventHandler objects, pasteable from Conductor).
 
 Unknown fields are errors (a typo must not silently do nothing), except the bookkeeping fields
@@ -26,6 +27,7 @@ from pydantic import (
 )
 
 from streams.http1 import InvalidURL, check_url
+from streams.targets import registry as target_types
 
 EVENT_PATTERN = re.compile(r"^kafka:(?:(?P<integration>[^:]+):)?(?P<topic>[^:]+)$")
 # Kafka's legal topic characters. Integration names and the topic prefix end up in topic names
@@ -260,11 +262,16 @@ class RetryPolicy(Strict):
     maxElapsedSeconds: float = Field(default=1800.0, gt=0)
 
 
+# The `type:` of a target: every registered target type (streams.targets.registry).
+TargetTypeName = Literal[target_types.names()]  # type: ignore[valid-type]
+
+
 class Target(Strict):
-    """A named delivery endpoint. `type` selects what it is for."""
+    """A named delivery endpoint. `type` selects what it is for; the module of that type in
+    `streams.targets` says which of these fields it needs."""
 
     name: str = Field(min_length=1)
-    type: Literal["ilert", "webhook", "conductor"]
+    type: TargetTypeName
     # ilert: baseUrl and the default integrationKey; webhook: the base or full URL;
     # conductor: the server's baseUrl (https://host or https://host/api)
     baseUrl: str | None = None
@@ -283,21 +290,8 @@ class Target(Strict):
         return None if value is None else requestable_url(value)
 
     @model_validator(mode="after")
-    def _has_address(self) -> Target:
-        if self.type == "ilert" and not self.baseUrl:
-            raise ValueError("an ilert target needs baseUrl (https://api.ilert.com)")
-        if self.type == "webhook" and not (self.url or self.baseUrl):
-            raise ValueError("a webhook target needs url")
-        if self.type == "conductor":
-            if not self.baseUrl:
-                raise ValueError("a conductor target needs baseUrl (https://host or .../api)")
-            if bool(self.keyId) != bool(self.keySecret):
-                raise ValueError(
-                    "a conductor target needs both keyId and keySecret, or neither (a server "
-                    "without authentication)"
-                )
-        elif self.keyId or self.keySecret:
-            raise ValueError("keyId and keySecret are for conductor targets only")
+    def _fits_its_type(self) -> Target:
+        target_types.check(self)
         return self
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from agents.audit import AuditReport, audit
-from streams.config.loader import load_config
+from streams.config.checked import load_checked
 from tests.support.herald import HeraldDeployment
 
 
@@ -14,4 +14,4 @@ def audit_deployment(herald: HeraldDeployment, topics: list[str] | None = None) 
     report what was committed without being done (`lost`) and what was delivered twice.
     `topics` is informational: the audit checks every source topic of the handlers."""
     path = str(herald.config_path)
-    return asyncio.run(audit(load_config(path), path))
+    return asyncio.run(audit(load_checked(path)))

@@ -1,7 +1,7 @@
 """Run `herald ilagent daemon ...` as a real subprocess, as an operator replacing ilagent would.
 
 The daemon compiles ilagent's flags into a configuration, sets up the group's offsets and
-execs the Faust worker in the same process, so `IlagentDaemon` is a `WorkerProcess` whose
+runs the Faust worker in the same process, so `IlagentDaemon` is a `WorkerProcess` whose
 command is the daemon's: stop, kill, restart and the log work as for any worker. The HTTP port
 is the daemon's `-p`, so readiness is ilagent's `GET /ready` on that port.
 """

@@ -16,8 +16,8 @@ import pytest
 from agents.embedded.receiver import Hang, Receiver, Reply
 from streams import codecs, executions
 from streams.actions.base import ActionRequest, DeliveryContext, Headers
-from streams.actions.ilert import IlertEvent, IlertHeartbeat
-from streams.actions.registry import ACTIONS
+from streams.actions.ilert import IlertEventDelivery, IlertHeartbeatDelivery
+from streams.actions.registry import delivery as action_delivery
 from streams.config.models import HeraldConfig, Target
 from streams.deadletter import DeadLetter, envelope_of, for_envelope
 from streams.errors import DeliveryError
@@ -124,7 +124,7 @@ def deliver(
             ctx = DeliveryContext(
                 http=http, session=session, targets=by_name, publish=publish or Published()
             )
-            return await ACTIONS[request.action].deliver(request, ctx, target), ctx
+            return await action_delivery(request.action).deliver(request, ctx, target), ctx
 
     return asyncio.run(go())
 
@@ -182,7 +182,7 @@ def test_ilert_event_key_from_the_message_is_not_overridden(receiver: Receiver) 
 
     [sent] = receiver.requests
     assert sent.json == {"integrationKey": "il1-from-message", "eventType": "ALERT", "summary": "s"}
-    assert IlertEvent.redact(request.payload) == {
+    assert IlertEventDelivery().redact(request.payload) == {
         "path": "/api/events",
         "body": {"integrationKey": "***", "eventType": "ALERT", "summary": "s"},
     }
@@ -228,7 +228,7 @@ def test_ilert_heartbeat_with_its_own_key(receiver: Receiver) -> None:
     deliver(config, request)
 
     assert [r.path for r in receiver.requests] == ["/api/heartbeats/hb-key-1"]
-    assert IlertHeartbeat.redact(request.payload) == {
+    assert IlertHeartbeatDelivery().redact(request.payload) == {
         "path": "/api/heartbeats/{integrationKey}",
         "integrationKey": "***",
     }
@@ -479,7 +479,7 @@ def test_execution_record_carries_identity_and_redacted_payload(receiver: Receiv
         executions.COMPLETED,
         attempts=2,
         result={"status": 202},
-        redacted_payload=IlertEvent.redact(request.payload),
+        redacted_payload=IlertEventDelivery().redact(request.payload),
     )
 
     assert {k: v for k, v in rec.items() if k != "at"} == {

@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from streams.actions.base import ActionRequest, DeliveryContext
-from streams.actions.registry import ACTIONS
+from streams.actions.conductor import StartWorkflowDelivery
+from streams.actions.registry import delivery as action_delivery
 from streams.conductor_auth import api_base, jwt_expiry, token_cache
 from streams.config.models import HeraldConfig, Target
 from streams.errors import ConfigError, DeliveryError
@@ -24,6 +25,7 @@ from streams.message import Envelope
 from streams.routing import route
 from tests.support.conductor_server import ConductorServer
 
+START = StartWorkflowDelivery()
 ORDER = {"orderId": "o-17", "customer": {"id": "c-9"}, "items": [1, 2], "wf": "", "task": ""}
 
 
@@ -91,7 +93,7 @@ def deliver_all(config: HeraldConfig, *requests: ActionRequest) -> list[Any]:
         async with aiohttp.ClientSession() as session, Http1Client() as http:
             ctx = DeliveryContext(http=http, session=session, targets=by_name, publish=_no_publish)
             for request in requests:
-                action = ACTIONS[request.action]
+                action = action_delivery(request.action)
                 try:
                     results.append(await action.deliver(request, ctx, by_name["conductor"]))
                 except DeliveryError as exc:
@@ -426,9 +428,9 @@ def test_expired_token_is_renewed_once_and_the_call_retried(conductor: Conductor
         by_name = {t.name: t for t in config.targets}
         async with aiohttp.ClientSession() as session, Http1Client() as http:
             ctx = DeliveryContext(http=http, session=session, targets=by_name, publish=_no_publish)
-            first = await ACTIONS["start_workflow"].deliver(request, ctx, by_name["conductor"])
+            first = await START.deliver(request, ctx, by_name["conductor"])
             conductor.expire_tokens()  # the server says the cached token expired
-            second = await ACTIONS["start_workflow"].deliver(other, ctx, by_name["conductor"])
+            second = await START.deliver(other, ctx, by_name["conductor"])
             return [first, second, token_cache().requests]
 
     first, second, token_requests = asyncio.run(go())
@@ -579,9 +581,9 @@ def test_a_server_that_turns_authentication_on_gets_a_token() -> None:
                 ctx = DeliveryContext(
                     http=http, session=session, targets=by_name, publish=_no_publish
                 )
-                first = await ACTIONS["start_workflow"].deliver(request, ctx, by_name["conductor"])
+                first = await START.deliver(request, ctx, by_name["conductor"])
                 server.auth = True  # the remembered "no authentication" is now wrong
-                second = await ACTIONS["start_workflow"].deliver(later, ctx, by_name["conductor"])
+                second = await START.deliver(later, ctx, by_name["conductor"])
                 return [first, second]
 
         first, second = asyncio.run(go())

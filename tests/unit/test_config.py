@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Any, ClassVar
 
 import pytest
 
-from streams.actions.base import ActionType, ParamsModel
-from streams.actions.registry import ACTIONS
 from streams.config.describe import describe, internal_topics
 from streams.config.loader import config_path_from_env, load_config, load_handlers
 from streams.config.models import HeraldConfig
@@ -172,27 +169,7 @@ def test_subject_name_strategy_accepts_the_java_class_name() -> None:
     assert registry.valueSubjectNameStrategy.value == "RecordNameStrategy"
 
 
-class _StartWorkflowParams(ParamsModel):
-    name: str
-    version: int | None = None
-    correlationId: Any = None
-    input: dict[str, Any] = {}
-    taskToDomain: dict[str, str] = {}
-
-
-class _StartWorkflow(ActionType):
-    """Stands in for Conductor's start_workflow, which Herald registers in a later change."""
-
-    name = "start_workflow"
-    Params: ClassVar[type[ParamsModel]] = _StartWorkflowParams
-
-    async def deliver(self, request: Any, ctx: Any) -> Any:  # pragma: no cover - not delivered
-        return None
-
-
-def test_conductor_handler_pasted_from_orkes_docs_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    if "start_workflow" not in ACTIONS:
-        monkeypatch.setitem(ACTIONS, "start_workflow", _StartWorkflow)
+def test_conductor_handler_pasted_from_orkes_docs_loads() -> None:
     # The sample JSON of Orkes' Kafka integration guide, pasted as is (JSON is YAML).
     config = load(
         """\

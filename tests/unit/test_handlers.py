@@ -13,7 +13,7 @@ import pytest
 
 from streams import handlers as handlers_module
 from streams.actions.base import ActionRequest
-from streams.actions.ilert import IlertEvent
+from streams.actions.ilert import IlertEventDelivery
 from streams.config.models import EventHandler, HeraldConfig
 from streams.deadletter import DeadLetter
 from streams.errors import ConfigError
@@ -368,8 +368,8 @@ def test_ilert_full_body_with_integration_key_from_the_message() -> None:
             "customDetails": message,
         },
     }
-    assert IlertEvent.redact(payload)["body"]["integrationKey"] == "***"
-    assert IlertEvent.redact(payload)["body"]["summary"] == "disk full"
+    assert IlertEventDelivery().redact(payload)["body"]["integrationKey"] == "***"
+    assert IlertEventDelivery().redact(payload)["body"]["summary"] == "disk full"
 
 
 def test_ilert_legacy_api_key_is_accepted_as_integration_key() -> None:
@@ -389,7 +389,7 @@ def test_ilert_key_from_target_never_enters_the_request() -> None:
 
     assert "integrationKey" not in request.payload["body"]
     assert ILERT_KEY.encode() not in request.to_bytes()
-    assert ILERT_KEY not in str(IlertEvent.redact(request.payload))
+    assert ILERT_KEY not in str(IlertEventDelivery().redact(request.payload))
 
 
 def test_ilert_without_any_integration_key_is_a_template_dead_letter() -> None:

@@ -33,7 +33,7 @@ from agents.ilagent import (
     render_config,
 )
 from streams.actions.base import DeliveryContext
-from streams.actions.registry import ACTIONS
+from streams.actions.registry import delivery as action_delivery
 from streams.config.loader import load_config
 from streams.config.models import HeraldConfig
 from streams.handlers import Evaluation, compile_all
@@ -87,7 +87,7 @@ def sent(
             ctx = DeliveryContext(http=http, session=session, targets=targets, publish=_no_publish)
             for request in evaluation.requests:
                 target = targets.get(request.target) if request.target else None
-                await ACTIONS[request.action].deliver(request, ctx, target)
+                await action_delivery(request.action).deliver(request, ctx, target)
 
     asyncio.run(go())
     return [(r.method, r.path, r.json) for r in receiver.requests[before:]]

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from types import SimpleNamespace
 
 from faust.types import TP
 
-from agents.batches import Batch, BatchChannel
-from agents.sinks import SinkRunner, _BatchState
+from agents.sink.lanes import Job, Lanes
+from agents.sink.stopping import StopSignal
 from streams.offsets import PartitionProgress
 
 TPA = TP("actions", 0)
 
 
-def runner(max_in_flight: int) -> SinkRunner:
-    runtime = SimpleNamespace(
-        config=SimpleNamespace(herald=SimpleNamespace(maxInFlight=max_in_flight)),
-        topics=SimpleNamespace(executions=SimpleNamespace(get_topic_name=lambda: "x")),
-    )
-    channel = BatchChannel({"actions"}, 100, pause=lambda tp: None, resume=lambda tp: None)
-    return SinkRunner(runtime, channel)  # type: ignore[arg-type]
+def lanes(max_in_flight: int) -> Lanes:
+    async def handle(job: Job) -> None:
+        return None
+
+    return Lanes(max_in_flight, handle, StopSignal())
 
 
 def test_a_lane_revoked_before_its_task_first_ran_is_cleaned_up() -> None:
@@ -29,18 +26,15 @@ def test_a_lane_revoked_before_its_task_first_ran_is_cleaned_up() -> None:
     the lane stayed, holding capacity, and its key's later records queued behind it for good."""
 
     async def scenario() -> tuple[dict, int]:
-        sink = runner(4)
+        sink = lanes(4)
         progress = PartitionProgress()
         record = SimpleNamespace(key=b"k", value=b"{}", topic="actions", partition=0, offset=0)
-        batch = Batch(TPA, [record], progress.open(0))
-        await sink.capacity.acquire()
-        lane = sink.lanes[b"k"] = deque([(record, _BatchState(batch))])
-        sink.tasks[b"k"] = asyncio.ensure_future(sink._drain(b"k", lane))
+        assert await sink.add(b"k", Job(TPA, record, progress.open(0)))  # its task not run yet
         progress.revoke()  # the rebalance marks the partition's batches stale ...
         sink.revoke({TPA})  # ... and cancels its lanes, here before the task ever ran
         await asyncio.sleep(0.01)
-        return sink.lanes, sink.capacity._value
+        return sink.queues, sink.free
 
-    lanes, free = asyncio.run(scenario())
-    assert lanes == {}
+    lanes_left, free = asyncio.run(scenario())
+    assert lanes_left == {}
     assert free == 4  # the record's capacity came back

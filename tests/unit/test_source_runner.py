@@ -1,0 +1,171 @@
+"""The source agent's batch work without a broker: a batch is finished only once every record
+it produced is acknowledged, a failed produce is sent again, and a record the broker refuses as
+too large becomes a dead letter (agents.sources).
+
+The runner is given a real configuration and compiled handlers, and a producer stand-in whose
+acknowledgements the test resolves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from faust.types import TP
+
+from agents.batches import Batch
+from agents.counters import Counters
+from agents.sources import SourceRunner
+from streams.config.checked import load_checked
+from streams.handlers import HandlerIndex
+from streams.offsets import PartitionProgress
+
+CONFIG = """\
+integrations:
+  - {name: home, bootstrapServers: "127.0.0.1:9"}
+targets:
+  - {name: hook, type: webhook, url: "http://127.0.0.1:9/hook"}
+eventHandlers:
+  - name: alarms
+    event: kafka:home:src
+    active: true
+    condition: "$.type == 'ALARM'"
+    actions: [{action: webhook, webhook: {target: hook, body: {id: "${id}"}}}]
+"""
+SRC = TP("src", 0)
+
+
+class Producer:
+    """Faust's producer `send` as the runner calls it; each send's acknowledgement is a
+    future the test resolves (or fails)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes, asyncio.Future]] = []
+
+    async def send(self, topic: str, key: Any, value: bytes, *rest: Any) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, key, value, fut))
+        return fut
+
+
+def runner(tmp_path: Path, producer: Producer) -> SourceRunner:
+    path = tmp_path / "herald.yaml"
+    path.write_text(CONFIG)
+    checked = load_checked(path)
+    index = HandlerIndex(list(checked.handlers))
+    topics = SimpleNamespace(
+        actions=SimpleNamespace(get_topic_name=lambda: "herald-actions"),
+        dlq=lambda name: SimpleNamespace(get_topic_name=lambda: f"{name}-dlq"),
+    )
+    runtime = SimpleNamespace(
+        config=checked.config,
+        home="home",
+        topics=topics,
+        app=SimpleNamespace(
+            producer=producer, conf=SimpleNamespace(producer_max_request_size=1 << 20)
+        ),
+        rules=SimpleNamespace(index=lambda: index),
+        codecs=SimpleNamespace(for_records=lambda name: None),
+        counters=Counters(),
+    )
+    return SourceRunner(runtime, channel=None)  # type: ignore[arg-type]
+
+
+def rec(offset: int, value: dict) -> SimpleNamespace:
+    return SimpleNamespace(
+        topic="src",
+        partition=0,
+        offset=offset,
+        key=b"k",
+        value=orjson.dumps(value),
+        headers=[],
+        timestamp=1_700_000_000_000,
+    )
+
+
+def test_a_batch_is_finished_only_when_every_produced_record_is_acknowledged(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> list[int | None]:
+        producer = Producer()
+        source = runner(tmp_path, producer)
+        progress = PartitionProgress()
+        progress.anchor(0)
+        records = [
+            rec(0, {"type": "ALARM", "id": 1}),
+            rec(1, {"type": "OK"}),
+            rec(2, {"type": "ALARM", "id": 2}),
+        ]
+        await source.process(Batch(SRC, records, progress.open(2)))
+        seen = [progress.committable]
+        assert [topic for topic, *_ in producer.sent] == ["herald-actions", "herald-actions"]
+        producer.sent[1][3].set_result(None)
+        await asyncio.sleep(0.01)
+        seen.append(progress.committable)
+        producer.sent[0][3].set_result(None)
+        await asyncio.sleep(0.01)
+        seen.append(progress.committable)
+        return seen
+
+    assert asyncio.run(scenario()) == [None, None, 3]
+
+
+def test_a_failed_produce_is_sent_again_and_the_batch_waits_for_it(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int | None, int | None, int]:
+        producer = Producer()
+        source = runner(tmp_path, producer)
+        progress = PartitionProgress()
+        progress.anchor(0)
+        await source.process(Batch(SRC, [rec(0, {"type": "ALARM", "id": 1})], progress.open(0)))
+        producer.sent[0][3].set_exception(KafkaTimeoutError())
+        await asyncio.sleep(0.7)  # the first resend waits 0.5 s
+        while_failing = progress.committable
+        assert len(producer.sent) == 2 and producer.sent[1][2] == producer.sent[0][2]
+        producer.sent[1][3].set_result(None)
+        await asyncio.sleep(0.05)
+        return while_failing, progress.committable, len(producer.sent)
+
+    while_failing, after, sends = asyncio.run(scenario())
+    assert while_failing is None
+    assert after == 1
+    assert sends == 2
+
+
+def test_a_record_refused_as_too_large_becomes_a_dead_letter(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[str], dict, int | None, Counters]:
+        producer = Producer()
+        source = runner(tmp_path, producer)
+        progress = PartitionProgress()
+        progress.anchor(0)
+        await source.process(Batch(SRC, [rec(0, {"type": "ALARM", "id": 1})], progress.open(0)))
+        producer.sent[0][3].set_exception(MessageSizeTooLargeError())
+        await asyncio.sleep(0.05)
+        producer.sent[1][3].set_result(None)
+        await asyncio.sleep(0.05)
+        letter = orjson.loads(producer.sent[1][2])
+        return [t for t, *_ in producer.sent], letter, progress.committable, source.runtime.counters
+
+    topics, letter, committable, counters = asyncio.run(scenario())
+    assert topics == ["herald-actions", "home-dlq"]
+    assert letter["stage"] == "size" and "refused" in letter["reason"]
+    assert letter["source"]["offset"] == 0
+    assert committable == 1
+    assert counters.dead_lettered == 1
+
+
+def test_a_revoked_batch_is_left_to_the_partitions_next_owner(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, int]:
+        producer = Producer()
+        source = runner(tmp_path, producer)
+        progress = PartitionProgress()
+        progress.anchor(0)
+        ticket = progress.open(0)
+        progress.revoke()
+        await source.process(Batch(SRC, [rec(0, {"type": "ALARM", "id": 1})], ticket))
+        return len(producer.sent), source.runtime.counters.consumed
+
+    assert asyncio.run(scenario()) == (0, 0)
