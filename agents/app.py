@@ -33,6 +33,7 @@ from agents.rules import RuleSet
 from agents.runtime import Runtime
 from agents.sink import SinkRunner
 from agents.sources import SourceRunner
+from agents.subscriptions import SourceTopics
 from agents.tables import DurableTable, RulesTable, declare_tables
 from agents.topics import declare_topics, rules_name
 from agents.unreadable import register_skipper
@@ -44,23 +45,29 @@ log = logging.getLogger("herald")
 
 
 def source_topics(config: HeraldConfig) -> list[str]:
-    """Topics the source agent consumes: those of handlers on the home integration."""
+    """Topics the source agent consumes at start: those of the configuration's handlers on
+    the home integration (and extraSourceTopics); then they follow the rules table."""
     home = config.home.name
     names = {h.topic for h in config.eventHandlers if (h.integration_name or home) == home}
     return sorted(names | set(config.herald.extraSourceTopics))
 
 
-def batch_channel(app: faust.App, topic: faust.TopicT, max_records: int) -> BatchChannel:
-    """Subscribe to `topic`, its records handed over a fetched batch at a time (the channel
-    hears of revocations from the ledger: agents.transport.HeraldConductor)."""
-    channel = BatchChannel(
-        set(topic.topics),
+def active_source_topics(runtime: Runtime) -> set[str]:
+    """The home integration's topics with an active handler, as the rules table has them."""
+    home = runtime.home
+    names = {topic for integration, topic in runtime.rules.index().topics() if integration == home}
+    return names | set(runtime.config.herald.extraSourceTopics)
+
+
+def batch_channel(app: faust.App, max_records: int) -> BatchChannel:
+    """A hand-over of fetched batches to one agent; topics join it with
+    `app.topics.add_batch_channel` (which also has the ledger tell it of revocations)."""
+    return BatchChannel(
+        set(),
         max_records,
         pause=lambda tp: app.consumer.on_buffer_full(tp),
         resume=lambda tp: app.consumer.on_buffer_drop(tp),
     )
-    app.topics.add_batch_channel(topic, channel)  # type: ignore[attr-defined]
-    return channel
 
 
 def create_app(checked: Checked) -> faust.App:
@@ -96,27 +103,34 @@ def create_app(checked: Checked) -> faust.App:
         autodiscover=False,
     )
     app.fetch_max_wait_ms = settings.fetchMaxWaitMs
-    topics = declare_topics(app, config, source_topics(config))
+    topics = declare_topics(app, config)
     tables = declare_tables(app, config)
     rules = RuleSet(config, tables.rules, rules_name(config), compiled=checked.handlers)
     runtime = Runtime(app, config, config_file, topics, tables, rules)
     app.herald = runtime  # type: ignore[attr-defined]
 
     buffered = settings.maxInFlight * 16
-    source: SourceRunner | None = None
-    if topics.sources is not None:
-        source = SourceRunner(runtime, batch_channel(app, topics.sources, buffered))
+    source_channel = batch_channel(app, buffered)
+    source = SourceRunner(runtime, source_channel)
+    sources = SourceTopics(
+        app, source_channel, lambda: active_source_topics(runtime), source_topics(config)
+    )
 
-        @app.task
-        async def route() -> None:
-            await source.run()
+    @app.task
+    async def route() -> None:
+        await source.run()
 
-        @app.task
-        async def read_topic_limits() -> None:
-            assert source is not None
-            await fit_to_topic_limits(source, home, [topics.actions, *topics.dead_letters.values()])
+    @app.timer(interval=1.0)
+    async def follow_handlers() -> None:
+        if rules.ready.is_set():
+            sources.sync()
 
-    sink = SinkRunner(runtime, batch_channel(app, topics.actions, buffered))
+    @app.task
+    async def read_topic_limits() -> None:
+        await fit_to_topic_limits(source, home, [topics.actions, *topics.dead_letters.values()])
+
+    sink = SinkRunner(runtime, batch_channel(app, buffered))
+    app.topics.add_batch_channel(topics.actions, sink.channel)  # type: ignore[attr-defined]
 
     @app.task
     async def deliver() -> None:

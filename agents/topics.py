@@ -23,7 +23,6 @@ RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_s
 
 @dataclass
 class Topics:
-    sources: TopicT | None
     actions: TopicT
     rules: TopicT
     executions: TopicT
@@ -33,10 +32,10 @@ class Topics:
         return self.dead_letters[integration]
 
 
-def declare_topics(app: faust.App, config: HeraldConfig, source_names: list[str]) -> Topics:
-    """Declare every topic the worker uses. Source topics are the user's: never created here."""
+def declare_topics(app: faust.App, config: HeraldConfig) -> Topics:
+    """Declare Herald's internal topics. Source topics are the user's, never created here;
+    the source agent subscribes to them as the handlers say (agents.subscriptions)."""
     partitions = config.herald.actionPartitions
-    sources = app.topic(*source_names, **RAW) if source_names else None
     actions = app.topic(actions_name(config), partitions=partitions, internal=True, **RAW)
     rules = app.topic(rules_name(config), partitions=1, internal=True, **RAW)
     executions = app.topic(executions_name(config), partitions=partitions, internal=True, **RAW)
@@ -46,4 +45,4 @@ def declare_topics(app: faust.App, config: HeraldConfig, source_names: list[str]
         )
         for integration in config.integrations
     }
-    return Topics(sources, actions, rules, executions, dead_letters)
+    return Topics(actions, rules, executions, dead_letters)

@@ -25,12 +25,18 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
         """Ready when rules are loaded and this worker has been assigned partitions."""
 
         async def get(self, request: Request) -> Response:
-            assigned = len(app.consumer.assignment()) if app.consumer else 0
+            tps = app.consumer.assignment() if app.consumer else set()
+            assigned = len(tps)
             ready = runtime.rules.ready.is_set() and assigned > 0
+            by_topic: dict[str, list[int]] = {}
+            for tp in tps:
+                by_topic.setdefault(tp.topic, []).append(tp.partition)
             body = {
                 "ready": ready,
                 "rulesLoaded": runtime.rules.ready.is_set(),
                 "assignedPartitions": assigned,
+                # This worker's partitions by topic (source topics follow the handlers).
+                "assignment": {topic: sorted(parts) for topic, parts in sorted(by_topic.items())},
                 # Partitions with records waiting and no progress for herald.stallSeconds.
                 "stalledPartitions": [stall.describe() for stall in runtime.stalls],
                 # Partitions stopped at a record batch that cannot be read (herald skip).

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Callable
 
 from faust.streams import _current_event
 from faust.types import TP
@@ -28,6 +29,7 @@ from agents.sink.letters import SinkLetters
 from agents.sink.stopping import Stopping, StopSignal
 from streams import executions
 from streams.actions.base import ActionRequest
+from streams.actions.base import Delivery as ActionDelivery
 from streams.actions.registry import delivery as action_delivery
 
 log = logging.getLogger("herald.sink")
@@ -40,8 +42,16 @@ STOP_GRACE_SECONDS = 5.0
 
 
 class SinkRunner:
-    def __init__(self, runtime: Runtime, channel: BatchChannel) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        channel: BatchChannel,
+        deliveries: Callable[[str], ActionDelivery | None] = action_delivery,
+    ) -> None:
+        """`deliveries`: an action's delivery side by name (the registry's; a benchmark or
+        test may give its own)."""
         self.channel = channel
+        self._deliveries = deliveries
         self.counters = runtime.counters
         self._stop = StopSignal()
         self.lanes = Lanes(runtime.config.herald.maxInFlight, self._handle, self._stop)
@@ -120,7 +130,7 @@ class SinkRunner:
                 self.counters.skipped_duplicates += 1
             await self.executions.write(request, executions.SKIPPED, reason=repeat.reason)
             return repeat.durable
-        action = action_delivery(request.action)
+        action = self._deliveries(request.action)
         if action is None:
             await self._dead_letter(request, f"unknown action {request.action!r}", attempts=0)
             return None

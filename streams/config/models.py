@@ -410,7 +410,8 @@ class HeraldSettings(Strict):
     # changelog (it is, after topics were deleted and recreated). Only for brokers whose high
     # watermark lags acknowledged writes, such as the embedded tansu, set it to false.
     recoveryConsistencyCheck: StrictBool = True
-    extraSourceTopics: list[str] = Field(default_factory=list)  # for handlers added at runtime
+    # consumed even while no active handler names them (agents.subscriptions)
+    extraSourceTopics: list[str] = Field(default_factory=list)
     # A partition with records waiting and no progress for this long is reported as stalled:
     # an error in the log, `stalledPartitions` on /ready, `stalls` on /herald/stats.
     stallSeconds: float = Field(default=60.0, gt=0)

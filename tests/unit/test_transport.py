@@ -113,3 +113,24 @@ def test_an_unreadable_batch_stops_only_its_partition(wired: Any) -> None:
     assert paused == [SRC]  # caught up to the bad batch: no more fetches of it
     consumer._hand_over(channel, SRC, [rec(2), rec(3)], 1, None)
     assert channel.buffered == 2  # nothing from the unreadable offset on
+
+
+def test_source_topics_follow_the_handlers(wired: Any) -> None:
+    from agents.subscriptions import SourceTopics
+
+    app, _consumer, channel = wired
+    wanted = {"alarms"}
+    sources = SourceTopics(app, channel, lambda: set(wanted), ["alarms"])
+    subscribed = {name for topic in app.topics._topics for name in topic.topics}
+    assert {"alarms", "src"} <= subscribed
+
+    wanted.add("pumps")  # a handler put at runtime on a new topic
+    assert sources.sync() == (["pumps"], [])
+    assert app.topics.batch_channel("pumps") is channel
+    wanted.discard("alarms")  # its last handler removed
+    assert sources.sync() == ([], ["alarms"])
+    subscribed = {name for topic in app.topics._topics for name in topic.topics}
+    assert "alarms" not in subscribed and "pumps" in subscribed
+    # its partitions are still revoked through the ledger by the rebalance that follows
+    assert app.topics.batch_channel("alarms") is channel
+    assert sources.sync() == ([], [])
