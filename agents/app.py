@@ -43,6 +43,9 @@ from streams.config.models import HeraldConfig, Integration
 
 log = logging.getLogger("herald")
 
+#: How often the consumer refreshes the cluster's metadata (aiokafka's metadata_max_age_ms).
+METADATA_REFRESH_MS = 10_000
+
 
 def source_topics(config: HeraldConfig) -> list[str]:
     """Topics the source agent consumes at start: those of the configuration's handlers on
@@ -100,6 +103,9 @@ def create_app(checked: Checked) -> faust.App:
         recovery_consistency_check=settings.recoveryConsistencyCheck,
         broker_heartbeat_interval=min(3.0, settings.sessionTimeoutSeconds / 4),
         consumer_auto_offset_reset="earliest",
+        # A topic subscribed before it exists (a handler put at runtime, agents.subscriptions)
+        # is seen at the consumer's next metadata refresh: 10 s instead of aiokafka's 5 min.
+        consumer_metadata_max_age_ms=METADATA_REFRESH_MS,
         autodiscover=False,
     )
     app.fetch_max_wait_ms = settings.fetchMaxWaitMs

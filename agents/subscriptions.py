@@ -13,7 +13,9 @@ the active handlers on the home integration (the configuration's and those put a
 
 Faust resubscribes after a change at most once per `HeraldConductor.resubscribe_seconds`, and
 forgets a change that comes while the group is rebalancing; the timer asks again until the
-subscription has the topics wanted.
+subscription has the topics wanted. A topic that does not exist yet when its handler comes is
+consumed once it does: the consumer sees it at its next metadata refresh
+(`agents.app.METADATA_REFRESH_MS`, 10 s).
 """
 
 from __future__ import annotations

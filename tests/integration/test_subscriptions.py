@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agents.cli import main as herald
-from agents.embedded.broker import run_sync
+from agents.embedded.broker import create_topics, run_sync
 from agents.embedded.receiver import Receiver
 from tests.support.herald import deploy, webhook_target
 from tests.support.kafka import produce
@@ -128,3 +128,31 @@ def test_a_handler_put_at_runtime_on_a_new_topic_is_consumed_by_the_group_and_dr
     assert not any(r.json["n"] == 99 for r in receiver.requests)
     assert sum(kept) == 20  # every delivered record committed, and that commit kept
     assert committed(broker.bootstrap, herald_.group, later, 4) == kept
+
+
+def test_a_handler_on_a_topic_created_after_it_is_consumed_once_the_topic_exists(
+    broker: Any, receiver: Receiver, unique_topic, tmp_path, deployments
+) -> None:
+    first, ghost = unique_topic("first"), unique_topic("ghost")
+    herald_ = deploy(
+        deployments,
+        tmp_path,
+        broker,
+        handlers=[handler("first", first)],
+        targets=[webhook_target(receiver.url)],
+    )
+    worker = herald_.start_worker()
+    rule = tmp_path / "ghost.json"
+    rule.write_text(json.dumps(handler("ghost", ghost)))
+    assert herald(["rules", "--config", str(herald_.config_path), "put", str(rule)]) == 0
+    worker.wait_for_log(rf"source topics changed with the handlers: added {ghost}", 30)
+    time.sleep(2)  # subscribed while the topic does not exist yet
+
+    create_topics(broker.bootstrap, {ghost: 2})
+    produce(broker.bootstrap, ghost, [{"key": f"k{n}", "value": {"n": n}} for n in range(5)])
+    wait_until(
+        lambda: len({r.json["n"] for r in receiver.requests if r.path == "/hooks/ghost"}) == 5,
+        90,
+        "the events of the topic created after its handler delivered",
+    )
+    assert worker.running
