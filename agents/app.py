@@ -128,8 +128,12 @@ def create_app(checked: Checked) -> faust.App:
 
     @app.timer(interval=1.0)
     async def follow_handlers() -> None:
-        if rules.ready.is_set():
+        if not rules.ready.is_set():
+            return
+        try:
             sources.sync()
+        except Exception:  # never let the timer end the worker; the next second tries again
+            log.exception("could not update the source topics from the handlers")
 
     @app.task
     async def read_topic_limits() -> None:
