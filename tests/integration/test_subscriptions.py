@@ -69,6 +69,13 @@ def handler(name: str, topic: str) -> dict[str, Any]:
     }
 
 
+def put_rule(deployment: Any, tmp_path: Any, rule: dict[str, Any]) -> None:
+    """`herald rules put FILE`, as an operator runs it."""
+    path = tmp_path / f"{rule['name']}.json"
+    path.write_text(json.dumps(rule))
+    assert herald(["rules", "--config", str(deployment.config_path), "put", str(path)]) == 0
+
+
 def test_a_handler_put_at_runtime_on_a_new_topic_is_consumed_by_the_group_and_dropped_again(
     broker: Any, receiver: Receiver, unique_topic, tmp_path, deployments
 ) -> None:
@@ -87,9 +94,7 @@ def test_a_handler_put_at_runtime_on_a_new_topic_is_consumed_by_the_group_and_dr
         60,
         "both workers sharing the first topic",
     )
-    rule = tmp_path / "later.json"
-    rule.write_text(json.dumps(handler("later", later)))
-    assert herald(["rules", "--config", str(herald_.config_path), "put", str(rule)]) == 0
+    put_rule(herald_, tmp_path, handler("later", later))
 
     # Every worker subscribes; the group's partitions of the new topic are all assigned.
     for worker in workers:
@@ -142,9 +147,7 @@ def test_a_handler_on_a_topic_created_after_it_is_consumed_once_the_topic_exists
         targets=[webhook_target(receiver.url)],
     )
     worker = herald_.start_worker()
-    rule = tmp_path / "ghost.json"
-    rule.write_text(json.dumps(handler("ghost", ghost)))
-    assert herald(["rules", "--config", str(herald_.config_path), "put", str(rule)]) == 0
+    put_rule(herald_, tmp_path, handler("ghost", ghost))
     worker.wait_for_log(rf"source topics changed with the handlers: added {ghost}", 30)
     time.sleep(2)  # subscribed while the topic does not exist yet
 
