@@ -23,12 +23,12 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import faust
 from aiokafka import TopicPartition
-from aiokafka.errors import ConsumerStoppedError, RecordTooLargeError
+from aiokafka.errors import ConsumerStoppedError, IllegalStateError, RecordTooLargeError
 from faust.transport.conductor import Conductor
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, TopicT
@@ -119,6 +119,28 @@ class HeraldConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
             self.consumer.fetch_errors.append(exc)
         await asyncio.sleep(1.0)
         return {}
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Faust's seek to the committed offsets, for an assignment that may be gone again.
+
+        Faust seeks when a table recovery completes, in the worker's own task; by then a
+        second rebalance (workers changing their subscription one after the other,
+        agents.subscriptions) may have left this consumer with no partitions, and aiokafka's
+        `seek_to_committed` then asserts, which ended the worker (seen in
+        tests/integration/test_subscriptions.py). Nothing to seek is not an error: the next
+        assignment seeks again (and the ledger anchors batch partitions itself)."""
+        return await self.call_thread(self._seek_to_committed_if_assigned)
+
+    async def _seek_to_committed_if_assigned(self) -> Mapping[TP, int]:
+        consumer = self._ensure_consumer()
+        if not consumer.assignment():
+            log.info("no partitions assigned any more: nothing to seek to committed offsets")
+            return {}
+        try:
+            return await consumer.seek_to_committed()
+        except (AssertionError, IllegalStateError) as exc:  # the assignment changed meanwhile
+            log.info("the assignment changed while seeking to committed offsets: %r", exc)
+            return {}
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
