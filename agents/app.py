@@ -40,6 +40,7 @@ from agents.unreadable import register_skipper
 from agents.views import register_views
 from streams.config.checked import Checked
 from streams.config.models import HeraldConfig, Integration
+from streams.handlers import HandlerIndex
 
 log = logging.getLogger("herald")
 
@@ -47,19 +48,12 @@ log = logging.getLogger("herald")
 METADATA_REFRESH_MS = 10_000
 
 
-def source_topics(config: HeraldConfig) -> list[str]:
-    """Topics the source agent consumes at start: those of the configuration's handlers on
-    the home integration (and extraSourceTopics); then they follow the rules table."""
+def home_topics(index: HandlerIndex, config: HeraldConfig) -> set[str]:
+    """The source agent's topics: the home integration's topics with an active handler in
+    `index` (the configuration's at start, then the rules table's), and extraSourceTopics."""
     home = config.home.name
-    names = {h.topic for h in config.eventHandlers if (h.integration_name or home) == home}
-    return sorted(names | set(config.herald.extraSourceTopics))
-
-
-def active_source_topics(runtime: Runtime) -> set[str]:
-    """The home integration's topics with an active handler, as the rules table has them."""
-    home = runtime.home
-    names = {topic for integration, topic in runtime.rules.index().topics() if integration == home}
-    return names | set(runtime.config.herald.extraSourceTopics)
+    names = {topic for integration, topic in index.topics() if integration == home}
+    return names | set(config.herald.extraSourceTopics)
 
 
 def batch_channel(app: faust.App, max_records: int) -> BatchChannel:
@@ -119,7 +113,10 @@ def create_app(checked: Checked) -> faust.App:
     source_channel = batch_channel(app, buffered)
     source = SourceRunner(runtime, source_channel)
     sources = SourceTopics(
-        app, source_channel, lambda: active_source_topics(runtime), source_topics(config)
+        app,
+        source_channel,
+        lambda: home_topics(rules.index(), config),
+        home_topics(HandlerIndex(checked.handlers), config),
     )
 
     @app.task

@@ -54,18 +54,16 @@ class HeraldConductor(Conductor):
         super().__init__(app, **kwargs)
         self._resubscribe_sleep_lock_seconds = self.resubscribe_seconds
         self._batch_channels: dict[str, BatchChannel] = {}
-        self._revoke_listeners: set[int] = set()
         self._resubscribed_at = 0.0
 
     def add_batch_channel(self, topic: TopicT, channel: BatchChannel) -> None:
         """Subscribe to `topic` and hand its records to `channel` in batches; the channel
         drops what it queued of a partition when the ledger revokes it. A topic keeps its
         channel after `discard` (its partitions are revoked through the ledger after it)."""
+        if channel not in self._batch_channels.values():  # its first topic
+            self.app.ledger.on_revoke(channel.revoke)  # type: ignore[attr-defined]
         for name in topic.topics:
             self._batch_channels[name] = channel
-        if id(channel) not in self._revoke_listeners:
-            self._revoke_listeners.add(id(channel))
-            self.app.ledger.on_revoke(channel.revoke)  # type: ignore[attr-defined]
         self.add(topic)
 
     def batch_channel(self, topic: str) -> BatchChannel | None:

@@ -28,18 +28,14 @@ def record(offset: int, key: bytes = b"k") -> SimpleNamespace:
 
 
 def request(id: str = "d1", dedupe_key: str | None = None, window: float | None = None):
-    return ActionRequest(
+    return ActionRequest.create(
         id=id,
+        integration="home",
         handler="h",
         event="kafka:home:t",
         action="webhook",
-        index=0,
         payload={},
         ordering_key="k",
-        source={"topic": "t", "partition": 0, "offset": 1, "messageId": "m"},
-        integration="home",
-        created_ms=0,
-        target=None,
         dedupe_key=dedupe_key,
         dedupe_window_s=window,
     )
