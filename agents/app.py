@@ -27,19 +27,21 @@ from agents.configuration import load_or_exit
 from agents.connectivity import broker_credentials
 from agents.heartbeats import register_heartbeats
 from agents.idempotence import IdempotentHeraldApp
+from agents.integration_source import IntegrationSource
 from agents.limits import record_limit, topic_limits
 from agents.monitor import HeraldMonitor
 from agents.rules import RuleSet
 from agents.runtime import Runtime
 from agents.sink import SinkRunner
 from agents.sources import SourceRunner
-from agents.subscriptions import SourceTopics
+from agents.subscriptions import SourceTopics, home_topics, integration_topics
 from agents.tables import DurableTable, RulesTable, declare_tables
 from agents.topics import declare_topics, rules_name
 from agents.unreadable import register_skipper
 from agents.views import register_views
+from streams.config.capabilities import group_conflicts
 from streams.config.checked import Checked
-from streams.config.models import HeraldConfig, Integration
+from streams.config.models import Integration
 from streams.handlers import HandlerIndex
 
 log = logging.getLogger("herald")
@@ -48,12 +50,32 @@ log = logging.getLogger("herald")
 METADATA_REFRESH_MS = 10_000
 
 
-def home_topics(index: HandlerIndex, config: HeraldConfig) -> set[str]:
-    """The source agent's topics: the home integration's topics with an active handler in
-    `index` (the configuration's at start, then the rules table's), and extraSourceTopics."""
+def remote_sources(runtime: Runtime, checked: Checked) -> dict[str, IntegrationSource]:
+    """A source for every active integration but the home one, each consuming its own
+    cluster while it has active handlers (agents.integration_source)."""
+    config, rules = runtime.config, runtime.rules
     home = config.home.name
-    names = {topic for integration, topic in index.topics() if integration == home}
-    return names | set(config.herald.extraSourceTopics)
+
+    def wanted(name: str) -> Callable[[], set[str]]:
+        return lambda: integration_topics(rules.index(), name)
+
+    def consumed() -> set[str]:
+        return {name for name, _ in rules.index().topics()}
+
+    def conflict(name: str) -> Callable[[], str | None]:
+        return lambda: group_conflicts(config, consumed()).get(name)
+
+    return {
+        integration.name: IntegrationSource(
+            runtime,
+            integration,
+            wanted(integration.name),
+            conflict(integration.name),
+            metadata_max_age_ms=METADATA_REFRESH_MS,
+        )
+        for integration in config.integrations
+        if integration.active and integration.name != home
+    }
 
 
 def batch_channel(app: faust.App, max_records: int) -> BatchChannel:
@@ -160,6 +182,13 @@ def create_app(checked: Checked) -> faust.App:
 
     app.ledger.on_revoke(sink.revoke)  # after the channels: the one revoke fan-out
 
+    # Every other integration: its own consumer, ledger and source runner, producing to the
+    # actions topic here (agents.integration_source).
+    runtime.sources = remote_sources(runtime, checked)
+    for remote in runtime.sources.values():
+        app.task(remote.run)
+        app.task(remote.runner.run)
+
     # The lanes end first in a stop, while the consumer, the tables and the producer still
     # run (Faust's own on_stop stops the consumer and the tables, and its on_before_shutdown
     # comes after that): otherwise lanes retrying a failing target go on producing into a
@@ -168,6 +197,8 @@ def create_app(checked: Checked) -> faust.App:
 
     async def on_stop() -> None:
         await sink.stop()
+        for remote in runtime.sources.values():  # commit what is done while producing works
+            await remote.stop()
         await faust_on_stop()
 
     app.on_stop = on_stop  # type: ignore[method-assign]

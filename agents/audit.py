@@ -6,7 +6,8 @@ execution records and the dead letters. Then:
 
 - every source record below the committed offset that the configured handlers match (the
   same pure routing the source agent runs) must have its action requests on the actions topic
-  or its dead letter in the dead-letter topic;
+  or its dead letter in the dead-letter topic; each integration's topics are read on its own
+  cluster, below its own group's committed offsets;
 - every action request below the actions topic's committed offset must have a final
   execution record (COMPLETED, SKIPPED or DEAD_LETTERED) or a delivery dead letter;
 - every record batch that cannot be read (agents.fetchguard) below the committed offset must
@@ -126,8 +127,8 @@ async def _committed(consumer: AIOKafkaConsumer, topic: str) -> dict[int, int]:
 
 
 async def audit(checked: Checked) -> AuditReport:
-    """Check the home integration's deployment a checked configuration describes (see the
-    module doc), with the handlers as it compiled them."""
+    """Check the deployment a checked configuration describes (see the module doc), with
+    the handlers as it compiled them: every integration a handler consumes, on its cluster."""
     config = checked.config
     home = config.home
     index = HandlerIndex(list(checked.handlers))
@@ -146,45 +147,45 @@ async def audit(checked: Checked) -> AuditReport:
         async for record in _read(consumer, actions_name(config), reports):
             requested[ActionRequest.from_bytes(record.value).id] += 1
         letters_by_request: set[str] = set()
-        letters_by_source: set[tuple[str, int, int]] = set()
-        async for record in _read(consumer, dlq_name(config, home.name), reports):
-            letter = DeadLetter.from_bytes(record.value)
-            if letter.request:
-                letters_by_request.add(letter.request["id"])
-            source = letter.source
-            letters_by_source.add((source["topic"], source["partition"], source["offset"]))
+        # (integration, topic, partition, offset) of every dead letter's source record.
+        letters_by_source: set[tuple[str, str, int, int]] = set()
+        for integration in config.integrations:
+            async for record in _read(consumer, dlq_name(config, integration.name), reports):
+                letter = DeadLetter.from_bytes(record.value)
+                if letter.request:
+                    letters_by_request.add(letter.request["id"])
+                source = letter.source
+                letters_by_source.add(
+                    (letter.integration, source["topic"], source["partition"], source["offset"])
+                )
         final: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         async for record in _read(consumer, executions_name(config), reports):
             execution = orjson.loads(record.value)
             final[execution["id"]][execution["status"]] += 1
 
-        if home.sendingProtocol is not SendingProtocol.AVRO:
-            topics = sorted(topic for name, topic in index.topics() if name == home.name)
-            for topic in topics:
-                committed = await _committed(consumer, topic)
-                unreadable: list[Unreadable] = []
-                async for record in _read(consumer, topic, reports, committed, unreadable):
-                    report.source_records_checked += 1
-                    envelope = envelope_of(record, home.name)
-                    evaluation = route(index.for_topic(home.name, topic), envelope)
-                    for request in evaluation.requests:
-                        if request.id not in requested:
-                            report.lost.append(
-                                f"{topic}/{record.partition}@{record.offset}: action "
-                                f"{request.handler}[{request.index}] never requested"
-                            )
-                    if evaluation.dead_letters and (
-                        (topic, record.partition, record.offset) not in letters_by_source
-                    ):
-                        report.lost.append(
-                            f"{topic}/{record.partition}@{record.offset}: dead letter missing"
-                        )
-                report.unreadable += len(unreadable)
-                for found in unreadable:
-                    if (topic, found.partition, found.offset) not in letters_by_source:
-                        report.lost.append(
-                            f"{found.describe()}: committed past without a fetch dead letter"
-                        )
+        # Each integration's source topics, read on its own cluster below its own group's
+        # committed offsets (the home one with this consumer).
+        checks = Sources(index, requested, letters_by_source, report)
+        for name in sorted({name for name, _ in index.topics()}):
+            integration = config.integration(name)
+            if integration.sendingProtocol is SendingProtocol.AVRO:
+                continue
+            if name == home.name:
+                await checks.check(consumer, reports, name)
+                continue
+            other = AIOKafkaConsumer(
+                group_id=integration.consumerGroupId,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                **aiokafka_kwargs(integration),
+            )
+            await other.start()
+            other_reports: collections.deque[tuple[Any, Unreadable]] = collections.deque()
+            fetchguard.install(other, other_reports)
+            try:
+                await checks.check(other, other_reports, name)
+            finally:
+                await other.stop()
 
         actions = actions_name(config)
         committed = await _committed(consumer, actions)
@@ -210,6 +211,48 @@ async def audit(checked: Checked) -> AuditReport:
     finally:
         await consumer.stop()
     return report
+
+
+@dataclass
+class Sources:
+    """The check of source topics: every record below its group's committed offset that the
+    handlers match must have its action requests, or its dead letter, written."""
+
+    index: HandlerIndex
+    requested: dict[str, int]
+    letters_by_source: set[tuple[str, str, int, int]]
+    report: AuditReport
+
+    async def check(
+        self,
+        consumer: AIOKafkaConsumer,
+        reports: collections.deque[tuple[Any, Unreadable]],
+        integration: str,
+    ) -> None:
+        index, report, letters = self.index, self.report, self.letters_by_source
+        for topic in sorted(topic for name, topic in index.topics() if name == integration):
+            committed = await _committed(consumer, topic)
+            unreadable: list[Unreadable] = []
+            async for record in _read(consumer, topic, reports, committed, unreadable):
+                report.source_records_checked += 1
+                envelope = envelope_of(record, integration)
+                evaluation = route(index.for_topic(integration, topic), envelope)
+                at = f"{integration}:{topic}/{record.partition}@{record.offset}"
+                for request in evaluation.requests:
+                    if request.id not in self.requested:
+                        report.lost.append(
+                            f"{at}: action {request.handler}[{request.index}] never requested"
+                        )
+                key = (integration, topic, record.partition, record.offset)
+                if evaluation.dead_letters and key not in letters:
+                    report.lost.append(f"{at}: dead letter missing")
+            report.unreadable += len(unreadable)
+            for found in unreadable:
+                if (integration, topic, found.partition, found.offset) not in letters:
+                    report.lost.append(
+                        f"{integration}: {found.describe()}: committed past without a fetch "
+                        "dead letter"
+                    )
 
 
 def run(checked: Checked, as_json: bool) -> int:

@@ -8,7 +8,7 @@ herald replay --integration NAME       re-submit dead letters
 herald audit [--config FILE] [--json]  check, with an independent consumer, that nothing
                                        was committed before it was done
 herald rules put FILE | delete NAME    change handlers at runtime via the rules topic
-herald skip --topic T --partition P --offset O [--to END]
+herald skip [--integration I] --topic T --partition P --offset O [--to END]
                                        skip an unreadable record batch that stopped a
                                        partition (recorded on the dead-letter topic)
 herald import-handlers FILE|URL        Conductor's exported event handlers into the config
@@ -92,7 +92,18 @@ def cmd_skip(args: argparse.Namespace, rest: list[str]) -> int:
     if args.to is not None and args.to <= args.offset:
         print("herald skip: --to must be greater than --offset", file=sys.stderr)
         return 2
-    asyncio.run(publish_skip(config, args.topic, args.partition, args.offset, args.to))
+    integration = args.integration or config.home.name
+    try:
+        config.integration(integration)
+    except LookupError:
+        names = ", ".join(i.name for i in config.integrations)
+        print(
+            f"herald skip: --integration {integration!r}: no such integration (the "
+            f"configuration has {names})",
+            file=sys.stderr,
+        )
+        return 2
+    asyncio.run(publish_skip(config, args.topic, args.partition, args.offset, args.to, integration))
     end = f"..{args.to - 1}" if args.to is not None else " (to the end of its batch)"
     print(
         f"asked the workers to skip {args.topic}/{args.partition} offsets {args.offset}{end}; "
@@ -173,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         "skip", help="skip an unreadable record batch that stopped a partition (see /ready)"
     )
     _config_arg(skip)
+    skip.add_argument(
+        "--integration", default=None, help="whose topic it is (default: the home integration)"
+    )
     skip.add_argument("--topic", required=True)
     skip.add_argument("--partition", type=int, required=True)
     skip.add_argument(

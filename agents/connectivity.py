@@ -225,17 +225,30 @@ def preflight(
     no web server, so /ready does not answer) until the broker grants them all, then
     returns so the worker starts."""
     fatal: list[str] = []
+    home = config.home.name
     checks = run_in_thread(lambda: check_all(config, timeout))
     for check in checks:
         for result in (check.kafka, check.registry):
             if result is None or result.ok:
                 continue
-            if result.permanent:
+            if result.permanent and check.integration == home:
                 fatal.append(result.summary)
+            elif result.permanent:
+                # Another cluster: only its own handlers wait (agents.integration_source
+                # retries and /ready shows the error); the rest of the worker starts.
+                _say(
+                    f"herald: {result.summary} (integration {check.integration!r} is not "
+                    "consumed until this is fixed; the other integrations start)"
+                )
             else:
                 log.warning("%s (starting anyway; the clients keep retrying)", result.summary)
     if not fatal:
-        _wait_for_access(config, checks, timeout, recheck_seconds)
+        home_checks = [check for check in checks if check.integration == home]
+        for check in checks:
+            if check.integration != home:
+                for line in check.denials:
+                    _say(f"herald: {line} (integration {check.integration!r} waits for it)")
+        _wait_for_access(config, home_checks, timeout, recheck_seconds)
     return fatal
 
 

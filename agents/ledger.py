@@ -114,6 +114,15 @@ class OffsetLedger:
         for tp in fresh:
             self._progress[tp] = PartitionProgress(generation)
 
+    def assigned(self) -> set[TP]:
+        """The partitions of the current assignment."""
+        return set(self._progress)
+
+    def position(self, tp: TP) -> int | None:
+        """Everything of `tp` before this offset is done in this assignment (None: unknown)."""
+        progress = self._progress.get(tp)
+        return None if progress is None else progress.position
+
     # -- admission ----------------------------------------------------------------------
 
     def admit(

@@ -38,6 +38,8 @@ class Runtime:
     rules: RuleSet
     counters: Counters = field(default_factory=Counters)
     stalls: list[Any] = field(default_factory=list)  # agents.ledger.Stall, refreshed by a timer
+    #: The other integrations' sources by name (agents.integration_source), set by the app.
+    sources: dict[str, Any] = field(default_factory=dict)
     codecs: AvroCodecs = field(init=False)
     publisher: Publisher = field(init=False)
     _http: aiohttp.ClientSession | None = None

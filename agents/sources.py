@@ -185,11 +185,17 @@ Sent = tuple[
 
 
 class SourceRunner:
-    """Drives the source channel; owns the pipelining of produces and the batch tickets."""
+    """Drives one integration's source channel; owns the pipelining of produces and the batch
+    tickets. The home integration's batches come from Faust's consumer; every other
+    integration has a runner of its own, fed by its own consumer (agents.integration_source),
+    and produces to the same actions topic on the home cluster."""
 
-    def __init__(self, runtime: Runtime, channel: BatchChannel) -> None:
+    def __init__(
+        self, runtime: Runtime, channel: BatchChannel, integration: str | None = None
+    ) -> None:
         self.runtime = runtime
         self.channel = channel
+        self.integration = integration or runtime.home
         self.max_pending = runtime.config.herald.maxInFlight * 16
         self._pending: deque[tuple[int, asyncio.Future]] = deque()  # (records, all produced)
         self._pending_records = 0
@@ -208,16 +214,16 @@ class SourceRunner:
             return
         runtime = self.runtime
         runtime.counters.consumed += len(batch.records)
-        home = runtime.home
-        handlers = runtime.rules.index().for_topic(home, batch.tp.topic)
+        integration = self.integration
+        handlers = runtime.rules.index().for_topic(integration, batch.tp.topic)
         if not handlers:
             batch.ticket.done()
             return
-        sync = runtime.codecs.for_records(home) is None
+        sync = runtime.codecs.for_records(integration) is None
         limit = self.max_record_bytes
         sent: list[Sent] = []
         for record in batch.records:
-            envelope = envelope_of(record, home)
+            envelope = envelope_of(record, integration)
             try:
                 if sync:
                     evaluation = routing.route(handlers, envelope)

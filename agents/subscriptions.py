@@ -28,8 +28,23 @@ from faust.types import TopicT
 
 from agents.batches import BatchChannel
 from agents.topics import RAW
+from streams.config.models import HeraldConfig
+from streams.handlers import HandlerIndex
 
 log = logging.getLogger("herald.subscriptions")
+
+
+def home_topics(index: HandlerIndex, config: HeraldConfig) -> set[str]:
+    """The source agent's topics: the home integration's topics with an active handler in
+    `index` (the configuration's at start, then the rules table's), and extraSourceTopics."""
+    home = config.home.name
+    names = {topic for integration, topic in index.topics() if integration == home}
+    return names | set(config.herald.extraSourceTopics)
+
+
+def integration_topics(index: HandlerIndex, integration: str) -> set[str]:
+    """The topics of `integration` with an active handler in `index`."""
+    return {topic for name, topic in index.topics() if name == integration}
 
 
 class SourceTopics:

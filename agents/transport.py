@@ -33,7 +33,7 @@ from faust.transport.conductor import Conductor
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, TopicT
 
-from agents import fetchguard
+from agents import fetchguard, positions
 from agents.batches import BatchChannel
 from agents.fetchguard import Unreadable
 from agents.ledger import OffsetLedger
@@ -140,6 +140,24 @@ class HeraldConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
             log.info("the assignment changed while seeking to committed offsets: %r", exc)
             return {}
 
+    async def _seek_wait(self, consumer: Any, partitions: Mapping[TP, int]) -> None:
+        """Faust's seek of the tables' changelog partitions at recovery, for an assignment
+        that may be gone again: as for `seek_to_committed`, a second rebalance can leave the
+        consumer with no partitions by the time recovery seeks, and aiokafka asserts, which
+        ended the worker (seen in tests/integration/test_subscriptions.py with two workers).
+        Only partitions still assigned are sought; the next assignment recovers again."""
+        assigned = consumer.assignment()
+        kept = {tp: offset for tp, offset in partitions.items() if tp in assigned}
+        if len(kept) < len(partitions):
+            log.info(
+                "%d partition(s) left the assignment before recovery could seek them",
+                len(partitions) - len(kept),
+            )
+        try:
+            await super()._seek_wait(consumer, kept)
+        except (AssertionError, IllegalStateError) as exc:  # the assignment changed meanwhile
+            log.info("the assignment changed while recovery was seeking: %r", exc)
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         wait_ms = getattr(self.app, "fetch_max_wait_ms", None)
@@ -151,30 +169,8 @@ class HeraldConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     async def reposition(
         self, anchor: list[TP], seek: dict[TP, int]
     ) -> tuple[dict[TP, int], dict[TP, int]]:
-        """In the consumer's thread: seek each partition of `anchor` to the group's committed
-        offset (the log start when none was committed: Herald reads from the earliest) and
-        each of `seek` to its offset. Returns what was done; partitions no longer assigned
-        are left out (their revocation replaces their progress anyway)."""
-        consumer = self._ensure_consumer()
-        assigned = consumer.assignment()
-        anchored: dict[TP, int] = {}
-        sought: dict[TP, int] = {}
-        for tp in anchor:
-            ktp = TopicPartition(tp.topic, tp.partition)
-            if ktp not in assigned:
-                continue
-            offset = await consumer.committed(ktp)
-            if offset is None or offset < 0:
-                offset = (await consumer.beginning_offsets([ktp]))[ktp]
-            if ktp in consumer.assignment():
-                consumer.seek(ktp, offset)
-                anchored[tp] = offset
-        for tp, offset in seek.items():
-            ktp = TopicPartition(tp.topic, tp.partition)
-            if ktp in consumer.assignment():
-                consumer.seek(ktp, offset)
-                sought[tp] = offset
-        return anchored, sought
+        """In the consumer's thread: `agents.positions.reposition` on its aiokafka consumer."""
+        return await positions.reposition(self._ensure_consumer(), anchor, seek)
 
 
 class HeraldConsumer(aiokafka_driver.Consumer):

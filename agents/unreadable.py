@@ -89,21 +89,25 @@ class Skipper:
         self.runtime = runtime
         self.automatic = runtime.config.herald.unreadableBatches == "skip"
 
-    def request_for(self, tp: TP, offset: int) -> SkipRequest | None:
-        blob = self.runtime.tables.rules.get(
-            skip_key(self.runtime.home, tp.topic, tp.partition, offset)
-        )
+    def request_for(self, integration: str, tp: TP, offset: int) -> SkipRequest | None:
+        blob = self.runtime.tables.rules.get(skip_key(integration, tp.topic, tp.partition, offset))
         return SkipRequest.from_bytes(blob) if blob else None
 
     async def tend(self) -> None:
-        consumer: Any = self.app.consumer
-        ledger = getattr(consumer, "ledger", None)
-        if ledger is None:
-            return
+        """Every integration's stopped partitions: the home one's (Faust's consumer) and each
+        other integration's (agents.integration_source), which skip alike."""
+        consumers: list[tuple[str, Any]] = [(self.runtime.home, self.app.consumer)]
+        consumers += sorted(self.runtime.sources.items())
+        for integration, consumer in consumers:
+            ledger = getattr(consumer, "ledger", None)
+            if ledger is not None:
+                self._tend(integration, consumer, ledger)
+
+    def _tend(self, integration: str, consumer: Any, ledger: Any) -> None:
         for tp, unreadable in ledger.stopped().items():
             if not ledger.caught_up(tp):
                 continue
-            request = self.request_for(tp, unreadable.offset)
+            request = self.request_for(integration, tp, unreadable.offset)
             if request is None and not self.automatic:
                 continue
             end = request.to if request is not None and request.to else unreadable.skip_to
@@ -111,9 +115,10 @@ class Skipper:
             ticket = consumer.skip_unreadable(tp, unreadable.offset, end)
             if ticket is None:
                 continue
-            letter = dead_letter(self.runtime.home, unreadable, end, how)
+            letter = dead_letter(integration, unreadable, end, how)
             log.warning(
-                "skipping %s/%s offsets %d..%d (%s); recorded on the dead-letter topic",
+                "skipping %s %s/%s offsets %d..%d (%s); recorded on the dead-letter topic",
+                integration,
                 tp.topic,
                 tp.partition,
                 unreadable.offset,
@@ -154,12 +159,17 @@ def register_skipper(app: faust.App, runtime: Runtime) -> Skipper:
 
 
 async def publish_skip(
-    config: HeraldConfig, topic: str, partition: int, offset: int, to: int | None
+    config: HeraldConfig,
+    topic: str,
+    partition: int,
+    offset: int,
+    to: int | None,
+    integration: str | None = None,
 ) -> bytes:
     """Publish a skip request to the rules topic (for `herald skip`); returns its key."""
     from agents.rulesctl import publish_to_rules_topic
 
-    key = skip_key(config.home.name, topic, partition, offset)
+    key = skip_key(integration or config.home.name, topic, partition, offset)
     request = SkipRequest(to=to, requested_at=int(time.time() * 1000))
     await publish_to_rules_topic(config, [(key, request.to_bytes())])
     return key

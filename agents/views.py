@@ -10,7 +10,9 @@ import faust
 from faust.web import Request, Response, View
 
 from agents.ilagent_api import register_ilert_proxy
+from agents.ledger import OffsetLedger
 from agents.runtime import Runtime
+from agents.subscriptions import home_topics
 from streams.secrets import scrub_data
 
 
@@ -40,7 +42,24 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
                 # Partitions with records waiting and no progress for herald.stallSeconds.
                 "stalledPartitions": [stall.describe() for stall in runtime.stalls],
                 # Partitions stopped at a record batch that cannot be read (herald skip).
-                "unreadablePartitions": _unreadable(app, runtime.home),
+                "unreadablePartitions": _unreadable(_home_ledger(app), runtime.home, runtime),
+                # Every integration's consumer: the home one (Faust's, above) and the others'
+                # (agents.integration_source), whose state does not decide `ready`: a
+                # cluster that is down stalls only its own handlers.
+                "integrations": {
+                    runtime.home: {
+                        "state": "consuming" if ready else "starting",
+                        "group": runtime.config.home.consumerGroupId,
+                        "topics": sorted(home_topics(runtime.rules.index(), runtime.config)),
+                    },
+                    **{
+                        name: {
+                            **source.status(),
+                            "unreadablePartitions": _unreadable(source.ledger, name, runtime),
+                        }
+                        for name, source in sorted(runtime.sources.items())
+                    },
+                },
             }
             return self.json(scrub_data(body), status=200 if ready else 503)
 
@@ -51,15 +70,25 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
             ledger = getattr(app.consumer, "ledger", None)
             if ledger is not None:
                 counters.update(ledger.as_dict())
+            for name, source in sorted(runtime.sources.items()):
+                counters.update(
+                    {f"{name}_{key}": value for key, value in source.ledger.as_dict().items()}
+                )
             return self.json(scrub_data(counters))
 
     register_ilert_proxy(app, runtime)
 
 
-def _unreadable(app: faust.App, integration: str) -> list[dict[str, object]]:
-    ledger = getattr(app.consumer, "ledger", None) if app.consumer else None
+def _home_ledger(app: faust.App) -> OffsetLedger | None:
+    return getattr(app.consumer, "ledger", None) if app.consumer else None
+
+
+def _unreadable(
+    ledger: OffsetLedger | None, integration: str, runtime: Runtime
+) -> list[dict[str, object]]:
     if ledger is None:
         return []
+    which = "" if integration == runtime.home else f"--integration {integration} "
     return [
         {
             "integration": integration,
@@ -69,7 +98,7 @@ def _unreadable(app: faust.App, integration: str) -> list[dict[str, object]]:
             "endOffset": found.end,
             "reason": found.reason,
             "since": int(found.seen_at * 1000),
-            "skip": f"herald skip --topic {found.topic} --partition {found.partition} "
+            "skip": f"herald skip {which}--topic {found.topic} --partition {found.partition} "
             f"--offset {found.offset}",
         }
         for found in ledger.stopped().values()

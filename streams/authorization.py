@@ -68,8 +68,9 @@ def required_access(config: HeraldConfig) -> dict[str, list[Need]]:
     """Per integration name, what the worker does with each topic and group.
 
     The home integration carries Herald's internal topics (agents/topics.py and Faust's own
-    changelogs and leader topic) and the consumer group; any integration named in a
-    ``publish.to`` needs WRITE on that topic.
+    changelogs and leader topic) and the consumer group; every other integration a handler
+    consumes needs READ on its topics and its own consumer group; any integration named in
+    a ``publish.to`` needs WRITE on that topic.
     """
     home = config.home
     group = home.consumerGroupId
@@ -85,9 +86,13 @@ def required_access(config: HeraldConfig) -> dict[str, list[Need]]:
         known[key] = need
 
     for handler in config.eventHandlers:
-        if (handler.integration_name or home.name) == home.name:
-            why = f"source topic of handler {handler.name!r}"
-            add(home.name, Need("topic", handler.topic, ("DESCRIBE", "READ"), why))
+        source = handler.integration_name or home.name
+        why = f"source topic of handler {handler.name!r}"
+        add(source, Need("topic", handler.topic, ("DESCRIBE", "READ"), why))
+        if source != home.name:
+            own = config.integration(source).consumerGroupId
+            why = f"the consumer group of integration {source!r}"
+            add(source, Need("group", own, ("READ",), why))
     for topic in config.herald.extraSourceTopics:
         add(home.name, Need("topic", topic, ("DESCRIBE", "READ"), "extraSourceTopics"))
     add(home.name, Need("group", group, ("READ",), "the workers' consumer group"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from streams.config.models import (
     EVENT_PATTERN,
     HeraldConfig,
+    Integration,
     SendingProtocol,
     SubjectNameStrategy,
     TruststoreType,
@@ -23,7 +24,6 @@ def check_supported(config: HeraldConfig, file: str) -> None:
     from streams.security import SecurityError, build_ssl_context
 
     problems = []
-    home = config.home
     for i, integration in enumerate(config.integrations):
         where = f"{file}: integrations[{i}](name={integration.name})"
         needs_tls = integration.security_protocol in ("SSL", "SASL_SSL")
@@ -39,16 +39,52 @@ def check_supported(config: HeraldConfig, file: str) -> None:
             if action.action == "publish":
                 where = f"{file}: eventHandlers[{i}](name={handler.name}).actions[{j}].publish"
                 problems.extend(_avro_publish_problems(config, action.params, where))
-        integration = config.integration(handler.integration_name)
-        if integration.bootstrapServers != home.bootstrapServers:
-            problems.append(
-                f"{file}: eventHandlers[{i}](name={handler.name}).event: consuming from "
-                f"integration {integration.name!r} on another cluster than the home integration "
-                f"{home.name!r} is not supported yet; consume it from a Herald deployment whose "
-                "home integration it is"
-            )
+    # Inactive handlers count: a `herald rules put` can activate them.
+    consumed = {config.integration(h.integration_name).name for h in config.eventHandlers}
+    for name, problem in sorted(group_conflicts(config, consumed).items()):
+        i = next(i for i, x in enumerate(config.integrations) if x.name == name)
+        problems.append(f"{file}: integrations[{i}](name={name}).consumerGroupId: {problem}")
     if problems:
         raise ConfigError(problems)
+
+
+def same_cluster(a: Integration, b: Integration) -> bool:
+    """Two integrations name the same brokers (compared as sets of host:port)."""
+    return _servers(a) & _servers(b) != set()
+
+
+def _servers(integration: Integration) -> set[str]:
+    return {s.strip().lower() for s in integration.bootstrapServers.split(",") if s.strip()}
+
+
+def group_conflicts(config: HeraldConfig, consumed: set[str]) -> dict[str, str]:
+    """Integrations that would consume in a consumer group another consumed integration of
+    the same cluster already uses (the home integration's consumer always runs: it reads the
+    actions topic), each with the fix. Every integration is consumed by a consumer of its
+    own (agents.integration_source), so two of them in one group on one cluster would take
+    each other's partitions."""
+    home = config.home
+    taken = [home]
+    conflicts: dict[str, str] = {}
+    for integration in sorted(config.integrations, key=lambda x: x.name):
+        if integration.name == home.name or integration.name not in consumed:
+            continue
+        if not integration.active:
+            continue
+        for other in taken:
+            if other.consumerGroupId == integration.consumerGroupId and same_cluster(
+                other, integration
+            ):
+                conflicts[integration.name] = (
+                    f"integration {integration.name!r} is consumed on the same cluster as "
+                    f"integration {other.name!r} ({other.bootstrapServers}) in the same "
+                    f"consumer group {integration.consumerGroupId!r}; the two would take each "
+                    f"other's partitions: give {integration.name!r} a consumerGroupId of its own"
+                )
+                break
+        else:
+            taken.append(integration)
+    return conflicts
 
 
 def _avro_publish_problems(config: HeraldConfig, params: dict, where: str) -> list[str]:

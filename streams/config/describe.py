@@ -74,7 +74,10 @@ def _describe_settings(config: HeraldConfig) -> list[str]:
 
 
 def _describe_integrations(config: HeraldConfig) -> list[str]:
+    from streams.topicnames import actions_name, dlq_name
+
     consumed = consumed_topics(config)
+    home = config.home.name
     lines = [f"Integrations ({len(config.integrations)}):"]
     for integ in config.integrations:
         security = integ.security_protocol
@@ -105,6 +108,12 @@ def _describe_integrations(config: HeraldConfig) -> list[str]:
             lines.append(f"    schema registry: {_describe_registry(integ)}")
         topics = consumed.get(integ.name)
         lines.append(f"    consumes: {', '.join(topics) if topics else '(no active handler)'}")
+        if topics:
+            where = "" if integ.name == home else f" (both on {home}, the home integration)"
+            lines.append(
+                f"    actions go to: {actions_name(config)}, dead letters to "
+                f"{dlq_name(config, integ.name)}{where}"
+            )
     return lines
 
 

@@ -817,3 +817,30 @@ def test_rules_put_returns_the_handlers_that_pass() -> None:
     )
     [handler] = load_handlers("rule.json", config, environ={})
     assert handler.name == "h" and handler.active is True
+
+
+def test_describe_says_where_each_integrations_actions_go() -> None:
+    config = load(
+        """
+        herald: {homeIntegration: plant}
+        integrations:
+          - {name: plant, bootstrapServers: "kafka.plant:9092"}
+          - {name: cloud, bootstrapServers: "cloud:9092", consumerGroupId: herald-cloud}
+        targets: [{name: hooks, type: webhook, url: "https://hooks.example.com/x"}]
+        eventHandlers:
+          - {name: here, event: "kafka:plant:alarms", active: true,
+             actions: [{action: webhook, webhook: {body: {}}}]}
+          - {name: there, event: "kafka:cloud:orders", active: true,
+             actions: [{action: webhook, webhook: {body: {}}}]}
+        """
+    )
+    lines = [line.strip() for line in describe(config).splitlines()]
+
+    cloud = lines.index("cloud")
+    assert "group: herald-cloud" in lines[cloud:]
+    assert "consumes: orders" in lines[cloud:]
+    assert (
+        "actions go to: herald-actions, dead letters to herald-dlq-cloud (both on plant, the "
+        "home integration)"
+    ) in lines[cloud:]
+    assert "actions go to: herald-actions, dead letters to herald-dlq-plant" in lines[:cloud]

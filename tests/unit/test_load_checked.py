@@ -40,7 +40,7 @@ eventHandlers:
 """
 
 # Valid as a file, but this version of Herald does not consume from another cluster.
-UNSUPPORTED = """\
+ELSEWHERE = """\
 integrations:
   - name: local
     bootstrapServers: localhost:9092
@@ -49,6 +49,7 @@ integrations:
 eventHandlers:
   - name: far
     event: kafka:remote:alarms
+    active: true
     actions:
       - action: publish
         publish:
@@ -113,17 +114,30 @@ def test_load_checked_reports_the_loaders_problems(tmp_path: Path) -> None:
     )
 
 
-def test_load_checked_refuses_what_this_version_cannot_run(tmp_path: Path) -> None:
-    path = write(tmp_path, UNSUPPORTED)
+def test_load_checked_accepts_a_handler_on_another_cluster(tmp_path: Path) -> None:
+    path = write(tmp_path, ELSEWHERE)
+
+    checked = load_checked(path)
+
+    assert [(h.integration, h.topic) for h in checked.handlers] == [("remote", "alarms")]
+
+
+def test_load_checked_refuses_two_integrations_in_one_group_on_one_cluster(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, ELSEWHERE.replace("remote:9092", "localhost:9092"))
 
     with pytest.raises(ConfigError) as caught:
         load_checked(path)
 
     assert caught.value.problems == [
-        f"{path}: eventHandlers[0](name=far).event: consuming from integration 'remote' on "
-        "another cluster than the home integration 'local' is not supported yet; consume it "
-        "from a Herald deployment whose home integration it is"
+        f"{path}: integrations[1](name=remote).consumerGroupId: integration 'remote' is "
+        "consumed on the same cluster as integration 'local' (localhost:9092) in the same "
+        "consumer group 'herald'; the two would take each other's partitions: give 'remote' "
+        "a consumerGroupId of its own"
     ]
+    fixed = ELSEWHERE.replace("remote:9092", "localhost:9092\n    consumerGroupId: far")
+    assert load_checked(write(tmp_path, fixed, "fixed.yaml")).handlers
 
 
 def test_load_checked_resolves_from_the_given_environment(tmp_path: Path) -> None:
@@ -146,14 +160,14 @@ def test_load_or_exit_returns_the_checked_configuration(tmp_path: Path) -> None:
 def test_load_or_exit_prints_every_problem_then_the_refusal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path, UNSUPPORTED)
+    path = write(tmp_path, ELSEWHERE.replace("remote:9092", "localhost:9092"))
 
     with pytest.raises(SystemExit) as caught:
         load_or_exit(path, verb="; not starting")
 
     assert caught.value.code == 2
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0].startswith(f"{path}: eventHandlers[0](name=far).event: consuming from")
+    assert lines[0].startswith(f"{path}: integrations[1](name=remote).consumerGroupId: ")
     assert lines[1:] == [f"herald: configuration {path} is invalid; not starting"]
 
 

@@ -134,3 +134,35 @@ def test_source_topics_follow_the_handlers(wired: Any) -> None:
     # its partitions are still revoked through the ledger by the rebalance that follows
     assert app.topics.batch_channel("alarms") is channel
     assert sources.sync() == ([], [])
+
+
+class _ReassignedConsumer:
+    """An aiokafka consumer whose assignment moved on: it holds `assigned` only, and seeking
+    anything else asserts, as aiokafka's subscription state does."""
+
+    def __init__(self, assigned: set[TP]) -> None:
+        self._assigned = assigned
+        self.sought: dict[TP, int] = {}
+
+    def assignment(self) -> set[TP]:
+        return set(self._assigned)
+
+    def seek(self, tp: TP, offset: int) -> None:
+        assert tp in self._assigned
+        self.sought[tp] = offset
+
+    async def position(self, tp: TP) -> int:
+        return self.sought[tp]
+
+
+def test_recovery_seeks_only_partitions_still_assigned(wired: Any, loop: Any) -> None:
+    _, consumer, _ = wired
+    thread = consumer._new_consumer_thread()
+    kafka = _ReassignedConsumer({OTHER})
+
+    loop.run_until_complete(thread._seek_wait(kafka, {SRC: 5, OTHER: 7}))
+    assert kafka.sought == {OTHER: 7}
+
+    gone = _ReassignedConsumer(set())
+    loop.run_until_complete(thread._seek_wait(gone, {SRC: 5}))  # nothing left: no error
+    assert gone.sought == {}
