@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import faust
 from faust.types import TP
 
+from agents.admin.api import register_admin_api
 from agents.batches import BatchChannel
 from agents.configuration import load_or_exit
 from agents.connectivity import broker_credentials
@@ -171,6 +172,8 @@ def create_app(checked: Checked) -> faust.App:
         # configured partitions now rather than let a broker auto-create them on first use.
         for topic in (topics.executions, *topics.dead_letters.values()):
             await topic.maybe_declare()
+        if topics.audit is not None:
+            await topics.audit.maybe_declare()
         await app.tables.recovery.completed.wait()
 
         async def send(key: bytes, value: bytes | None) -> None:
@@ -216,6 +219,8 @@ def create_app(checked: Checked) -> faust.App:
 
     register_skipper(app, runtime)
     register_views(app, runtime)
+    if settings.admin is not None:
+        register_admin_api(app, runtime, settings.admin)
     register_heartbeats(app, runtime)
     return app
 

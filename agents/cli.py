@@ -60,8 +60,25 @@ def cmd_check(args: argparse.Namespace, rest: list[str]) -> int:
         print("\nConnections:")
         for line in lines:
             print(f"  {line}")
+        _print_live_handlers(config, args.timeout)
         return 0 if ok else 1
     return 0
+
+
+def _print_live_handlers(config: HeraldConfig, timeout: float) -> None:
+    """The handlers the workers run now (the rules topic), and where each came from."""
+    import asyncio
+
+    from agents.rulesctl import live_handler_lines, read_rules_topic
+
+    print("\nLive handlers (the rules topic):")
+    try:
+        table = asyncio.run(read_rules_topic(config, timeout))
+    except Exception as exc:  # not reachable, or no worker has created the topic yet
+        print(f"  (could not read the rules topic: {exc!r})")
+        return
+    for line in live_handler_lines(config, table) or ["(none yet)"]:
+        print(f"  {line}")
 
 
 def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:

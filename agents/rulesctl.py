@@ -64,3 +64,50 @@ async def publish_to_rules_topic(
 
 
 __all__ = ["delete_rule", "load_handlers", "put_rules"]
+
+
+async def read_rules_topic(config: HeraldConfig, timeout: float = 10.0) -> dict[bytes, bytes]:
+    """The rules topic as the workers' table holds it (latest value per key, deletions
+    applied), read from the start to its end offset without joining any group."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **aiokafka_kwargs(config.home))
+    await consumer.start()
+    table: dict[bytes, bytes] = {}
+    try:
+        tp = TopicPartition(rules_name(config), 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        deadline = asyncio.get_running_loop().time() + timeout
+        while await consumer.position(tp) < end:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"reading {tp.topic} took over {timeout:g} s")
+            for record in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+                if record.value is None:
+                    table.pop(record.key, None)
+                else:
+                    table[record.key] = record.value
+    finally:
+        await consumer.stop()
+    return table
+
+
+def live_handler_lines(config: HeraldConfig, table: dict[bytes, bytes]) -> list[str]:
+    """One line per handler the workers run, with where it came from: the configuration (as
+    seeded, or changed at runtime since) or the rules topic alone (`herald rules put`, the
+    admin API)."""
+    from agents.rules import blob_hash
+    from agents.tables import RESERVED_PREFIX, SEED_PREFIX
+
+    lines = []
+    for key in sorted(k for k in table if not k.startswith(RESERVED_PREFIX)):
+        seed = table.get(SEED_PREFIX + key)
+        if seed is None:
+            origin = "runtime (herald rules put or the admin API)"
+        elif seed == blob_hash(table[key]):
+            origin = "configuration"
+        else:
+            origin = "configuration, changed at runtime (the file wins when it changes)"
+        lines.append(f"{key.decode(errors='replace')}: {origin}")
+    return lines

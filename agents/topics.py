@@ -14,7 +14,7 @@ import faust
 from faust.types import TopicT
 
 from streams.config.models import HeraldConfig
-from streams.topicnames import actions_name, dlq_name, executions_name, rules_name
+from streams.topicnames import actions_name, audit_name, dlq_name, executions_name, rules_name
 
 __all__ = ["Topics", "declare_topics", "actions_name", "dlq_name", "executions_name", "rules_name"]
 
@@ -27,6 +27,7 @@ class Topics:
     rules: TopicT
     executions: TopicT
     dead_letters: dict[str, TopicT] = field(default_factory=dict)
+    audit: TopicT | None = None  # with the admin API only
 
     def dlq(self, integration: str) -> TopicT:
         return self.dead_letters[integration]
@@ -45,4 +46,9 @@ def declare_topics(app: faust.App, config: HeraldConfig) -> Topics:
         )
         for integration in config.integrations
     }
-    return Topics(actions, rules, executions, dead_letters)
+    audit = (
+        app.topic(audit_name(config), partitions=1, internal=True, **RAW)
+        if config.herald.admin is not None
+        else None
+    )
+    return Topics(actions, rules, executions, dead_letters, audit)

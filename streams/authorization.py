@@ -33,7 +33,7 @@ from aiokafka.protocol.coordination import FindCoordinatorRequest
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
 from streams.config.models import HeraldConfig, Integration
-from streams.topicnames import actions_name, dlq_name, executions_name, rules_name
+from streams.topicnames import actions_name, audit_name, dlq_name, executions_name, rules_name
 
 #: Kafka's AclOperation codes (org.apache.kafka.common.acl.AclOperation) that Herald needs.
 OPERATION_CODES = {"READ": 3, "WRITE": 4, "CREATE": 5, "DESCRIBE": 8}
@@ -107,6 +107,8 @@ def required_access(config: HeraldConfig) -> dict[str, list[Need]]:
         (dlq_name(config, i.name), ("WRITE",), f"the dead-letter topic of {i.name!r}")
         for i in config.integrations
     ]
+    if config.herald.admin is not None:
+        internal.append((audit_name(config), ("WRITE",), "the admin API's audit records"))
     for topic, operations, why in internal:
         add(home.name, Need("topic", topic, ("DESCRIBE", *operations), why, True))
     for handler in config.eventHandlers:

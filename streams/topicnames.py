@@ -20,3 +20,8 @@ def executions_name(config: HeraldConfig) -> str:
 
 def dlq_name(config: HeraldConfig, integration: str) -> str:
     return f"{config.herald.topicPrefix}-dlq-{integration}"
+
+
+def audit_name(config: HeraldConfig) -> str:
+    """The admin API's audit records (agents.admin.changes)."""
+    return f"{config.herald.topicPrefix}-audit"

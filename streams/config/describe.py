@@ -70,6 +70,15 @@ def _describe_settings(config: HeraldConfig) -> list[str]:
             if s.ilertProxy
             else []
         ),
+        *(
+            [
+                "  admin API: /api/event, /api/applications, /api/groups, "
+                f"/api/auth/authorization (admin key {MASK}, tokens for "
+                f"{s.admin.tokenTtlSeconds} s)"
+            ]
+            if s.admin
+            else []
+        ),
     ]
 
 

@@ -53,6 +53,7 @@ from streams.config import crosschecks
 from streams.config.findings import NAMED_SECTIONS, Findings
 from streams.config.messages import clean_loc, error_message, kind_of
 from streams.config.models import EventHandler, HeraldConfig, Strict
+from streams.config.references import REFERENCE as _REFERENCE_TEXT
 from streams.config.references import SECRET_FIELDS, References, mask
 from streams.errors import ConfigError
 from streams.handlers import CompiledHandler
@@ -144,6 +145,45 @@ def load_handlers(
         raise ConfigError([f"{file}: the file is empty; write one handler or a list of them"])
     run = _Run(file, References(file, os.environ if environ is None else environ))
     run.problems.extend((None, line) for line in repeated_keys)
+    return _checked_handlers(run, data, config, file)
+
+
+def check_handler_data(data: Any, config: HeraldConfig, source: str) -> list[EventHandler]:
+    """Handlers sent to the admin API (parsed JSON: one handler or a list), checked as
+    `load_handlers` checks a file, in the same words (`SOURCE: [0](name=h).field: ...`).
+
+    `${env:}` and `${file:}` references are refused, not resolved: a handler author is less
+    trusted than the operator, and a reference would copy a worker's environment or files
+    into a request sent elsewhere."""
+    found: list[tuple[str, str]] = []
+    _find_references(data, "", found)
+    if found:
+        raise ConfigError(
+            [
+                f"{source}: {where or 'the handler'}: {text!r} is a reference to the "
+                "environment or a file, which the API does not resolve; the operator puts "
+                "such values in the configuration (targets, integrations)"
+                for where, text in found
+            ]
+        )
+    run = _Run(source, References(source, {}))
+    return _checked_handlers(run, data, config, source)
+
+
+def _find_references(value: Any, where: str, found: list[tuple[str, str]]) -> None:
+    if isinstance(value, str):
+        match = _REFERENCE_TEXT.search(value)
+        if match:
+            found.append((where.lstrip("."), match.group(0)))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _find_references(item, f"{where}.{key}", found)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _find_references(item, f"{where}[{i}]", found)
+
+
+def _checked_handlers(run: _Run, data: Any, config: HeraldConfig, file: str) -> list[EventHandler]:
     run.resolve({"eventHandlers": data if isinstance(data, list) else [data]})
     handlers = run.validated(_Handlers)
     crosschecks.check_unique(run, "eventHandlers", "handler")

@@ -382,6 +382,30 @@ class IlertProxy(Strict):
     path: str = "/api/events"  # where accepted events are delivered
 
 
+class AdminApi(Strict):
+    """The admin API (Conductor's event-handler API, Orkes' access control) on the workers'
+    web port: `POST /api/token` with this key is the first administrator's way in; it creates
+    the applications, keys, groups and grants everyone else uses (agents/admin). The token
+    signing key is derived from `keySecret`: every worker with the configuration verifies
+    every worker's tokens, and changing the secret ends every token."""
+
+    keyId: str = Field(min_length=1)
+    keySecret: SecretStr
+    tokenTtlSeconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    maxBodyBytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("keySecret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError(
+                "the admin keySecret must be at least 16 characters (write it as "
+                "${env:NAME}; `python -c 'import secrets; print(secrets.token_urlsafe(32))'` "
+                "makes one)"
+            )
+        return value
+
+
 class HeraldSettings(Strict):
     """Worker settings. Internal topics live on the home integration's cluster."""
 
@@ -430,6 +454,8 @@ class HeraldSettings(Strict):
     # on the web port (ilagent's -p): see agents/heartbeats.py and agents/ilagent_api.py.
     heartbeats: list[HeartbeatPing] = Field(default_factory=list)
     ilertProxy: IlertProxy | None = None
+    # The admin API (agents/admin): off unless configured.
+    admin: AdminApi | None = None
 
     @field_validator("topicPrefix")
     @classmethod

@@ -21,6 +21,8 @@ from streams.secrets import MASK, SECRET_FIELD_NAMES
 SECRET_FIELDS = SECRET_FIELD_NAMES
 
 _REFERENCE = re.compile(r"\$?\$\{(env|file):([^}]*)\}")
+#: A reference anywhere in a text (`${env:NAME}`, `${file:PATH}`).
+REFERENCE = _REFERENCE
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLAIN_VALUE = re.compile(r"^(?:true|false|yes|no|on|off|[-+]?\d+(?:\.\d+)?)$", re.IGNORECASE)
 
