@@ -24,6 +24,7 @@ import faust
 import orjson
 from faust.web import Request, Response, View
 
+from agents.admin import openapi
 from agents.admin.changes import ChangeLog, shown
 from agents.admin.store import (
     AdminStore,
@@ -269,6 +270,11 @@ def register_admin_api(app: faust.App, runtime: Runtime, settings: AdminApi) -> 
             return view.json(result)
 
         return run
+
+    @app.page("/api/openapi.json")
+    class OpenApi(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(openapi.document())
 
     # -- authentication ------------------------------------------------------------------
 

@@ -1,0 +1,378 @@
+"""The admin API's OpenAPI 3.0 document, served at `GET /api/openapi.json`.
+
+Written by hand next to the views (agents.admin.api) and checked against them by schemathesis
+(tests/integration/test_admin_openapi.py): every answer must match it, so a change to a view
+that is not made here fails the suite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.access import ACCESS, ROLES, SUBJECT_TYPES, TARGET_TYPES
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_JSON = "application/json"
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _array(name: str) -> dict[str, Any]:
+    return {"type": "array", "items": _ref(name)}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    texts = {
+        400: "Not valid (the body, a field, a handler: see validationErrors)",
+        401: "No token, an invalid or expired one",
+        403: "The caller lacks a grant or role",
+        404: "No such resource",
+        409: "Already exists",
+        413: "The body is over herald.admin.maxBodyBytes",
+        503: "The worker is starting, or a change is not visible yet",
+    }
+    out: dict[str, Any] = {}
+    for code in (401, 503, *codes):
+        schema = _ref("AuthError") if code == 401 else _ERROR
+        out[str(code)] = _json(schema, texts[code])
+    return out
+
+
+def _empty(description: str = "Done") -> dict[str, Any]:
+    return {"description": description}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {_JSON: {"schema": schema}}}
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _op(
+    summary: str,
+    ok: dict[str, Any],
+    *codes: int,
+    body: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": ok, **_errors(*codes)}}
+    if body is not None:
+        op["requestBody"] = _body(body)
+        op["responses"].update(_errors(400, 413, *codes))
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def document() -> dict[str, Any]:
+    app_id, key_id, group_id = _path("application_id"), _path("key_id"), _path("group_id")
+    role = {"name": "role", "in": "path", "required": True, "schema": {"enum": list(ROLES)}}
+    target = [
+        {"name": "target_type", "in": "path", "required": True, "schema": {"type": "string"}},
+        _path("target_id"),
+    ]
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "required": ["status", "message"],
+            "properties": {
+                "status": {"type": "integer"},
+                "message": {"type": "string"},
+                "instance": {"type": "string"},
+                "retryable": {"type": "boolean"},
+                "validationErrors": {
+                    "type": "array",
+                    "items": {"type": "object", "properties": {"message": {"type": "string"}}},
+                },
+            },
+        },
+        "AuthError": {
+            "type": "object",
+            "required": ["error", "message"],
+            "properties": {
+                "error": {"type": "string"},
+                "message": {"type": "string"},
+            },
+        },
+        "TokenRequest": {
+            "type": "object",
+            "required": ["keyId", "keySecret"],
+            "properties": {"keyId": {"type": "string"}, "keySecret": {"type": "string"}},
+        },
+        "Token": {
+            "type": "object",
+            "required": ["token"],
+            "properties": {"token": {"type": "string"}},
+        },
+        "EventHandler": {
+            "type": "object",
+            "description": "Conductor's EventHandler; Herald checks it as its configuration",
+            "required": ["name", "event", "actions"],
+            "properties": {
+                "name": {"type": "string"},
+                "event": {"type": "string"},
+                "condition": {"type": "string"},
+                "evaluatorType": {"type": "string"},
+                "active": {"type": "boolean"},
+                "actions": {"type": "array", "items": {"type": "object"}},
+                "description": {"type": "string"},
+                "tags": {"type": "array"},
+            },
+        },
+        "Role": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "permissions": {"type": "array"}},
+        },
+        "Application": {
+            "type": "object",
+            "required": ["id", "name"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "createdBy": {"type": "string"},
+                "createTime": {"type": "integer"},
+                "updateTime": {"type": "integer"},
+                "updatedBy": {"type": "string"},
+            },
+        },
+        "ApplicationRequest": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string", "minLength": 1}},
+        },
+        "AccessKey": {
+            "type": "object",
+            "required": ["id", "createdAt", "status"],
+            "properties": {
+                "id": {"type": "string"},
+                "createdAt": {"type": "integer"},
+                "status": {"enum": ["ACTIVE", "INACTIVE"]},
+            },
+        },
+        "CreatedAccessKey": {
+            "type": "object",
+            "required": ["id", "secret"],
+            "properties": {"id": {"type": "string"}, "secret": {"type": "string"}},
+        },
+        "Group": {
+            "type": "object",
+            "required": ["id"],
+            "properties": {
+                "id": {"type": "string"},
+                "description": {"type": "string"},
+                "roles": _array("Role"),
+                "defaultAccess": {"type": "object"},
+            },
+        },
+        "UpsertGroupRequest": {
+            "type": "object",
+            "properties": {
+                "description": {"type": "string"},
+                "roles": {"type": "array", "items": {"enum": list(ROLES)}},
+                "defaultAccess": {
+                    "type": "object",
+                    "properties": {
+                        t: {"type": "array", "items": {"enum": list(ACCESS)}} for t in TARGET_TYPES
+                    },
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "User": {
+            "type": "object",
+            "required": ["id"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "roles": _array("Role"),
+                "groups": _array("Group"),
+                "applicationUser": {"type": "boolean"},
+            },
+        },
+        "Ref": {
+            "type": "object",
+            "required": ["type", "id"],
+            "properties": {"type": {"type": "string"}, "id": {"type": "string"}},
+        },
+        "AuthorizationRequest": {
+            "type": "object",
+            "required": ["subject", "target", "access"],
+            "properties": {
+                "subject": {
+                    "type": "object",
+                    "required": ["type", "id"],
+                    "properties": {
+                        "type": {"enum": list(SUBJECT_TYPES)},
+                        "id": {"type": "string", "minLength": 1},
+                    },
+                },
+                "target": {
+                    "type": "object",
+                    "required": ["type", "id"],
+                    "properties": {
+                        "type": {"enum": list(TARGET_TYPES)},
+                        "id": {"type": "string", "minLength": 1},
+                    },
+                },
+                "access": {"type": "array", "minItems": 1, "items": {"enum": list(ACCESS)}},
+            },
+        },
+        "Permissions": {
+            "type": "object",
+            "description": "access → the subjects holding it",
+            "additionalProperties": _array("Ref"),
+        },
+        "GrantedAccess": {
+            "type": "object",
+            "required": ["grantedAccess"],
+            "properties": {
+                "grantedAccess": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"target": _ref("Ref"), "access": {"type": "array"}},
+                    },
+                }
+            },
+        },
+    }
+    users = {"type": "array", "items": {"type": "string"}}
+    paths: dict[str, Any] = {
+        "/api/token": {
+            "post": {
+                "summary": "A token for an access key",
+                "security": [],
+                "requestBody": _body(_ref("TokenRequest")),
+                "responses": {
+                    "200": _json(_ref("Token")),
+                    **_errors(400, 413),
+                },
+            }
+        },
+        "/api/token/userInfo": {"get": _op("The caller", _json(_ref("User")))},
+        "/api/event": {
+            "get": _op("Event handlers the caller may read", _json(_array("EventHandler"))),
+            "post": _op("Create an event handler", _empty(), 403, 409, body=_ref("EventHandler")),
+            "put": _op("Change an event handler", _empty(), 403, 404, body=_ref("EventHandler")),
+        },
+        "/api/event/{name}": {
+            "parameters": [_path("name")],
+            "get": _op(
+                "The handlers of an event (the path is the event)",
+                _json(_array("EventHandler")),
+                params=[{"name": "activeOnly", "in": "query", "schema": {"type": "boolean"}}],
+            ),
+            "delete": _op("Delete an event handler", _empty(), 403, 404),
+        },
+        "/api/applications": {
+            "get": _op("Applications", _json(_array("Application")), 403),
+            "post": _op(
+                "Create an application",
+                _json(_ref("Application")),
+                403,
+                body=_ref("ApplicationRequest"),
+            ),
+        },
+        "/api/applications/{application_id}": {
+            "parameters": [app_id],
+            "get": _op("An application", _json(_ref("Application")), 403, 404),
+            "put": _op(
+                "Rename an application",
+                _json(_ref("Application")),
+                403,
+                404,
+                body=_ref("ApplicationRequest"),
+            ),
+            "delete": _op("Delete an application and its keys", _empty(), 403, 404),
+        },
+        "/api/applications/{application_id}/roles/{role}": {
+            "parameters": [app_id, role],
+            "post": _op("Give an application a role", _empty(), 400, 403, 404),
+            "delete": _op("Take a role from an application", _empty(), 400, 403, 404),
+        },
+        "/api/applications/{application_id}/accessKeys": {
+            "parameters": [app_id],
+            "get": _op("An application's access keys", _json(_array("AccessKey")), 403, 404),
+            "post": _op(
+                "Create an access key (its secret is in this answer only)",
+                _json(_ref("CreatedAccessKey")),
+                403,
+                404,
+            ),
+        },
+        "/api/applications/{application_id}/accessKeys/{key_id}": {
+            "parameters": [app_id, key_id],
+            "delete": _op("Delete an access key", _empty(), 403, 404),
+        },
+        "/api/applications/{application_id}/accessKeys/{key_id}/status": {
+            "parameters": [app_id, key_id],
+            "post": _op("Toggle an access key", _json(_ref("AccessKey")), 403, 404),
+        },
+        "/api/applications/key/{key_id}": {
+            "parameters": [key_id],
+            "get": _op("The application of an access key", _json(_ref("Application")), 403, 404),
+        },
+        "/api/groups": {"get": _op("Groups", _json(_array("Group")), 403)},
+        "/api/groups/{group_id}": {
+            "parameters": [group_id],
+            "get": _op("A group", _json(_ref("Group")), 403, 404),
+            "put": _op(
+                "Create or change a group",
+                _json(_ref("Group")),
+                403,
+                body=_ref("UpsertGroupRequest"),
+            ),
+            "delete": _op("Delete a group", _empty(), 403, 404),
+        },
+        "/api/groups/{group_id}/users": {
+            "parameters": [group_id],
+            "get": _op("A group's members", _json(_array("User")), 403, 404),
+            "post": _op("Add members", _empty(), 403, 404, body=users),
+            "delete": _op("Remove members", _empty(), 403, 404, body=users),
+        },
+        "/api/groups/{group_id}/users/{user_id}": {
+            "parameters": [group_id, _path("user_id")],
+            "post": _op("Add a member", _empty(), 403, 404),
+            "delete": _op("Remove a member", _empty(), 403, 404),
+        },
+        "/api/groups/{group_id}/permissions": {
+            "parameters": [group_id],
+            "get": _op("A group's grants", _json(_ref("GrantedAccess")), 403, 404),
+        },
+        "/api/users/{user_id}/permissions": {
+            "parameters": [_path("user_id")],
+            "get": _op("A user's grants", _json(_ref("GrantedAccess")), 403),
+        },
+        "/api/auth/authorization": {
+            "post": _op("Grant access", _empty(), 403, body=_ref("AuthorizationRequest")),
+            "delete": _op("Remove access", _empty(), 403, body=_ref("AuthorizationRequest")),
+        },
+        "/api/auth/authorization/{target_type}/{target_id}": {
+            "parameters": target,
+            "get": _op("Who holds which access on a target", _json(_ref("Permissions")), 400, 403),
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Herald admin API",
+            "version": "1",
+            "description": "Conductor's event-handler resource and Orkes' access control",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "token": {"type": "apiKey", "in": "header", "name": "X-Authorization"}
+            },
+        },
+        "security": [{"token": []}],
+    }
