@@ -37,7 +37,7 @@ from agents.fetchguard import Unreadable
 from agents.sources import envelope_of
 from streams.actions.base import ActionRequest
 from streams.config.checked import Checked
-from streams.config.models import SendingProtocol
+from streams.config.models import Integration, SendingProtocol
 from streams.deadletter import DeadLetter
 from streams.executions import COMPLETED, DEAD_LETTERED, SKIPPED
 from streams.handlers import HandlerIndex
@@ -118,6 +118,23 @@ async def _read(
                 todo.discard(tp)
 
 
+async def _guarded_consumer(
+    integration: Integration,
+) -> tuple[AIOKafkaConsumer, collections.deque[tuple[Any, Unreadable]]]:
+    """A started consumer of the integration's group (it never joins: it reads the group's
+    commits and assigns partitions itself), reading past unreadable batches."""
+    consumer = AIOKafkaConsumer(
+        group_id=integration.consumerGroupId,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **aiokafka_kwargs(integration),
+    )
+    await consumer.start()
+    reports: collections.deque[tuple[Any, Unreadable]] = collections.deque()
+    fetchguard.install(consumer, reports)
+    return consumer, reports
+
+
 async def _committed(consumer: AIOKafkaConsumer, topic: str) -> dict[int, int]:
     out: dict[int, int] = {}
     for partition in await _partitions(consumer, topic):
@@ -133,15 +150,7 @@ async def audit(checked: Checked) -> AuditReport:
     home = config.home
     index = HandlerIndex(list(checked.handlers))
     report = AuditReport()
-    consumer = AIOKafkaConsumer(
-        group_id=home.consumerGroupId,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **aiokafka_kwargs(home),
-    )
-    await consumer.start()
-    reports: collections.deque[tuple[Any, Unreadable]] = collections.deque()
-    fetchguard.install(consumer, reports)
+    consumer, reports = await _guarded_consumer(home)
     try:
         requested: dict[str, int] = collections.Counter()
         async for record in _read(consumer, actions_name(config), reports):
@@ -173,15 +182,7 @@ async def audit(checked: Checked) -> AuditReport:
             if name == home.name:
                 await checks.check(consumer, reports, name)
                 continue
-            other = AIOKafkaConsumer(
-                group_id=integration.consumerGroupId,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                **aiokafka_kwargs(integration),
-            )
-            await other.start()
-            other_reports: collections.deque[tuple[Any, Unreadable]] = collections.deque()
-            fetchguard.install(other, other_reports)
+            other, other_reports = await _guarded_consumer(integration)
             try:
                 await checks.check(other, other_reports, name)
             finally:

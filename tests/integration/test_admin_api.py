@@ -13,8 +13,6 @@ know INTEGRATION or EVENT_HANDLER), its own ApiClient sends Orkes' documented JS
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -42,7 +40,7 @@ from conductor.client.orkes.orkes_authorization_client import OrkesAuthorization
 from agents.admin.tokens import Tokens
 from streams.config.models import AdminApi
 from tests.support.conductor_server import ConductorServer
-from tests.support.herald import FAST_RETRY, deploy
+from tests.support.herald import FAST_RETRY, deploy, herald_check_connect
 from tests.support.kafka import consume, produce
 
 ADMIN_KEY = "herald-admin-key"
@@ -170,13 +168,7 @@ def test_a_conductor_python_script_manages_handlers_and_access_against_herald(
     assert start.json["input"]["orderId"] == "o-1"
 
     # The operator's check lists the live handler and where it came from.
-    check = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "check", "--config", str(herald_.config_path)]
-        + ["--connect"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    check = herald_check_connect(herald_.config_path)
     assert "orders: runtime (herald rules put or the admin API)" in check.stdout, check.stdout
 
     changed = orders_handler("orders", topic)

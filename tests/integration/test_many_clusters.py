@@ -13,12 +13,10 @@ from __future__ import annotations
 import base64
 import collections
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from agents.cli import main as herald
 from agents.embedded.broker import create_topics
 from agents.embedded.receiver import Delay, Receiver, Reply
 from tests.support.detector import audit_deployment
-from tests.support.herald import HeraldDeployment, webhook_target
+from tests.support.herald import HeraldDeployment, herald_check_connect, wait_until, webhook_target
 from tests.support.kafka import consume, produce
 
 MAX_IN_FLIGHT = 16
@@ -114,16 +112,6 @@ def messages(count: int, keys: int, start: int = 0) -> list[dict[str, Any]]:
 
 def delivered(receiver: Receiver, path: str) -> list[Any]:
     return [r for r in receiver.requests if r.path == path and r.status == 202]
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout:.0f}s")
 
 
 def wait_numbers(receiver: Receiver, path: str, expected: set[int], timeout: float) -> None:
@@ -286,13 +274,7 @@ def test_wrong_credentials_on_one_integration_leave_the_other_working_and_name_i
     assert "integration 'cloud'" in log and "authentication" in log
     assert wrong not in log and wrong not in json.dumps(ready(worker)[1])
     # The operator's check says the same, naming the integration.
-    check = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "check", "--config", str(herald_.config_path)]
-        + ["--connect"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    check = herald_check_connect(herald_.config_path)
     assert check.returncode != 0
     lines = [line.strip() for line in check.stdout.splitlines()]
     failing = [line for line in lines if line.startswith("FAIL")]

@@ -8,24 +8,13 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 from agents.cli import main as herald
 from agents.embedded.broker import create_topics, run_sync
 from agents.embedded.receiver import Receiver
-from tests.support.herald import deploy, webhook_target
+from tests.support.herald import deploy, wait_until, webhook_target
 from tests.support.kafka import produce
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout:.0f}s")
 
 
 def assignment(worker: Any) -> dict[str, list[int]]:

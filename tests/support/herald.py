@@ -8,9 +8,13 @@ workers only through Kafka, HTTP and the workers' own web endpoints.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +177,24 @@ def webhook_target(receiver_url: str, name: str = "hooks", **extra: Any) -> dict
         "retry": FAST_RETRY,
         **extra,
     }
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """`check()`'s first truthy value, polling every 0.2 s; AssertionError after `timeout`."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not within {timeout:.0f}s")
+
+
+def herald_check_connect(config_path: Path | str) -> subprocess.CompletedProcess[str]:
+    """`herald check --config PATH --connect` as an operator runs it, in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "agents.cli", "check", "--config", str(config_path), "--connect"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
