@@ -231,6 +231,22 @@ def test_a_conductor_python_script_manages_handlers_and_access_against_herald(
     events.remove_event_handler_status("orders")
     assert events.get_event_handlers() == []
 
+    # More of the authorization client, as an Orkes administrator's script uses it.
+    assert {a.name for a in authz.list_applications()} == {"orders-team", "stranger"}
+    authz.update_application(CreateOrUpdateApplicationRequest(name="strangers"), stranger.id)
+    assert authz.get_application(stranger.id).name == "strangers"
+    authz.add_role_to_application_user(stranger.id, "METADATA_MANAGER")
+    assert [g.id for g in authz.list_groups()] == ["ops"]
+    assert authz.get_group("ops").description == "order ops"
+    authz.remove_user_from_group("ops", f"app:{application.id}")
+    assert authz.get_users_in_group("ops") == []
+    authz.delete_access_key(stranger.id, stranger_key.id)
+    assert authz.get_access_keys(stranger.id) == []
+    authz.delete_group("ops")
+    assert authz.list_groups() == []
+    authz.delete_application(stranger.id)
+    assert {a.name for a in authz.list_applications()} == {"orders-team"}
+
     # Revoking the key: its token stops working on every worker within seconds.
     for worker in (first, second):
         assert raw(worker, "GET", "/api/event", token=team_token)[0] == 200
