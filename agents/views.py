@@ -59,6 +59,12 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
                         }
                         for name, source in sorted(runtime.sources.items())
                     },
+                    # `active: false` in the configuration: its handlers wait, visibly.
+                    **{
+                        i.name: {"state": "inactive", "group": i.consumerGroupId}
+                        for i in runtime.config.integrations
+                        if not i.active and i.name != runtime.home
+                    },
                 },
             }
             return self.json(scrub_data(body), status=200 if ready else 503)
