@@ -19,11 +19,39 @@ reused across messages for speed and recreated after a timeout or memory failure
 leave QuickJS in a state it should not be used from again. Contexts are not thread-safe: use a
 Condition from one thread.
 
-The memory limit guards against accidents, not attackers: QuickJS (quickjs 1.19.4 here, and
-upstream, e.g. bellard/quickjs#529, #533) can itself crash the process on some out-of-memory
-paths, depending on what is allocated and on the limit. Filling large arrays in a loop
-(`a.push(new Array(1000).fill(1))`, typed arrays) segfaults at the 16 MiB default; strings and
-plain objects fail cleanly. Conditions must therefore come from trusted configuration.
+Handler authors are less trusted than the operator, so before any of their code runs each
+context is hardened (`_SANDBOX_JS`) against what QuickJS (2021-03-27, inside quickjs 1.19.4)
+does not stop by itself. Its time limit is checked only between bytecode instructions and at
+calls, so one long call into a built-in ran on past it, and some built-ins crash:
+
+- typed arrays, `ArrayBuffer`, `SharedArrayBuffer`, `DataView`, `Atomics` and `Proxy` are
+  removed (nothing left reachable hands them back), and a source naming them is refused at
+  configuration time (`_REMOVED_GLOBALS`);
+- `JSON.stringify` always runs with a replacer, so nesting deep enough to overflow the C stack
+  (a segfault from about 50,000 levels) meets QuickJS's stack check instead ("stack overflow",
+  from about 1,000 levels);
+- the Array methods that walk `length` in C, holes included (`Array(1e9).join()`, `indexOf` on
+  `{length: 2**53 - 1}`), refuse a length beyond what the memory limit could hold densely;
+  `concat`, `flat` and `flatMap` are written in JavaScript, where the time limit applies, and
+  `sort` compares in JavaScript;
+- the naive string searches (`indexOf`, `lastIndexOf`, `includes`, `split`, `replace`,
+  `replaceAll`: up to (n - m + 1) * m comparisons) refuse one whose worst case is beyond what
+  the time limit allows;
+- the condition and any code compiled at run time (`eval`, `Function` and its generator and
+  async kin) are at most `_MAX_SOURCE_CHARS` long: compiling, never interrupted, is quadratic
+  in the declarations of a scope. `eval` inside a condition is therefore an indirect eval;
+- QuickJS's stack is capped at `_STACK_BYTES`, far within the thread's.
+
+Meeting one of these fails that message with a ConditionError, as a throw does. What one call
+into a built-in may still do without interruption is bounded by the memory limit, no longer by
+a length or a product the condition picks: at the 16 MiB default, joining the largest array of
+numbers that fits takes a few hundred milliseconds.
+Two things are not contained, and could only be by evaluating in another process: regular
+expressions run without the time limit (`/^(a+)+$/` on 40 characters runs for hours), and
+QuickJS can crash on its out-of-memory path (a use-after-free of the out-of-memory error while
+adding its backtrace, e.g. `for (;;) a.push(new Array(100).fill(1))`, depending on the limit
+and the heap). So conditions still must not come from someone who would stall or crash the
+worker on purpose.
 
 Conductor expands inline JSON (`expand_inline_json`) in the payload before every condition;
 that is the caller's step, so `evaluate` sees exactly the message it is given.
@@ -48,31 +76,415 @@ __all__ = ["EVALUATOR_TYPES", "Condition", "compile_condition", "truthy"]
 
 EVALUATOR_TYPES = frozenset({"javascript", "graaljs", "value-param"})
 
-# Builds the per-condition function inside QuickJS. The source is first tried as an expression,
-# compiled once into a real function (fastest: nothing is parsed per message). If it is not an
-# expression it is a script: `new Function` checks that it parses (without running it) and each
-# message evaluates it with a direct eval, whose completion value is the script's last
-# expression, as Nashorn's `engine.eval` gives; its `var`, `let` and `const` stay local to one
-# evaluation, as with Nashorn's fresh bindings. Both functions are made by `new Function`, in the
-# global scope, so user code sees `$`, `_kafka` and the built-ins, not this factory's variables.
-# The wrapper parses the JSON it is handed and applies Conductor's truthiness, so only a boolean
-# crosses back into Python.
+# What the sandbox takes away from conditions: they work on JSON, and these are either binary
+# buffers (where QuickJS's out-of-memory and bounds bugs cluster, and whose C loops are sized by
+# memory, not the time limit) or Proxy, which would let any object run code in the middle of a
+# built-in and so defeat the guards below. A source naming one is refused at configuration time.
+_REMOVED_GLOBALS = (
+    "ArrayBuffer",
+    "SharedArrayBuffer",
+    "DataView",
+    "Atomics",
+    "Int8Array",
+    "Uint8Array",
+    "Uint8ClampedArray",
+    "Int16Array",
+    "Uint16Array",
+    "Int32Array",
+    "Uint32Array",
+    "BigInt64Array",
+    "BigUint64Array",
+    "Float32Array",
+    "Float64Array",
+    "Proxy",
+)
+# The longest source a condition may have, and that `eval` or `Function` may compile at run
+# time: QuickJS's compiler is quadratic in the declarations of one scope (200,000 `var`s take
+# 6 s, and compiling is never interrupted); 64 KiB compiles in tens of milliseconds at worst.
+_MAX_SOURCE_CHARS = 64 * 1024
+# QuickJS's own stack limit (its default, set explicitly): deep recursion is "stack overflow"
+# long before the thread's C stack (8 MiB for the main thread) runs out.
+_STACK_BYTES = 256 * 1024
+# A QuickJS value is 16 bytes, so no dense array of more elements than the memory limit over 16
+# can exist: the Array methods refuse to walk a longer length (walking 10 million holes in C
+# takes 0.1-0.2 s, and up to 2**53 - 1 can be asked for).
+_VALUE_BYTES = 16
+# Character comparisons a string search may need at worst, per millisecond of the time limit
+# (QuickJS compares 2-4 million characters a millisecond, on a loaded machine the fewer).
+_SEARCH_STEPS_PER_MS = 1 << 21
+
+# Hardens a fresh context before any user code runs (see the module's docstring), and returns
+# the originals the factory needs. Every guard reads only what the built-in it protects will
+# read, through functions captured here, and with Proxy gone reading a property descriptor runs
+# no user code: nothing can change between the guard's check and the built-in's own reading.
+_SANDBOX_JS = r"""
+(function (removed, lengthCap, searchCap, sourceCap) {
+  'use strict';
+  var G = globalThis, Obj = Object, Arr = Array, Str = String;
+  var TypeErr = TypeError, RangeErr = RangeError;
+  var apply = Reflect.apply, construct = Reflect.construct;
+  var defineProperty = Obj.defineProperty, getOwnPropertyDescriptor = Obj.getOwnPropertyDescriptor;
+  var getPrototypeOf = Obj.getPrototypeOf, create = Obj.create, trunc = Math.trunc;
+  var hasOwn = Function.prototype.call.bind(Obj.prototype.hasOwnProperty);
+  var isArray = Arr.isArray, parse = JSON.parse, stringify = JSON.stringify;
+  var intrinsicEval = G.eval, IntrinsicFunction = G.Function;
+  var AP = Arr.prototype, SP = Str.prototype, stringIndexOf = SP.indexOf;
+  var regexpGlobal = getOwnPropertyDescriptor(RegExp.prototype, 'global').get;
+  var valueOfs = [Number.prototype.valueOf, SP.valueOf, Boolean.prototype.valueOf,
+                  BigInt.prototype.valueOf];
+  var MAX_SAFE = 9007199254740991;
+  var symSpecies = Symbol.species, symSpreadable = Symbol.isConcatSpreadable;
+  var symMatch = Symbol.match, symSplit = Symbol.split, symReplace = Symbol.replace;
+
+  function slot(value) {  // a built-in method's attributes
+    return { __proto__: null, value: value, writable: true, enumerable: false, configurable: true };
+  }
+  function put(target, key, value) {  // CreateDataPropertyOrThrow
+    defineProperty(target, key, { __proto__: null, value: value, writable: true, enumerable: true,
+                                  configurable: true });
+  }
+  function install(target, name, fn, length) {
+    defineProperty(fn, 'length', { __proto__: null, value: length, configurable: true });
+    defineProperty(target, name, slot(fn));
+  }
+  function toObject(value, name) {
+    if (value === undefined || value === null) {
+      throw new TypeErr(name + ' called on null or undefined');
+    }
+    return Obj(value);
+  }
+  function toInteger(value) {
+    var n = +value;
+    return n !== n ? 0 : trunc(n);
+  }
+  function toLength(value) {
+    var n = toInteger(value);
+    return n <= 0 ? 0 : n > MAX_SAFE ? MAX_SAFE : n;
+  }
+  function isObject(value) {
+    return value !== null && (typeof value === 'object' || typeof value === 'function');
+  }
+
+  // 1. Binary buffers and Proxy: gone.
+  for (var i = 0; i < removed.length; i++) delete G[removed[i]];
+
+  // 2. JSON.stringify recurses in C without a stack check, but calls a replacer function for
+  // every value, and calls are checked: always give it one. A property list (an array
+  // replacer) becomes a function that picks those keys, in the list's order (integer-like keys
+  // aside, which an object always lists first).
+  function identity(key, value) { return value; }
+  function is(kind, value) {  // 0 Number, 1 String, 2 Boolean, 3 BigInt object
+    try { apply(valueOfs[kind], value, []); return true; } catch (e) { return false; }
+  }
+  function isWrapper(value) {  // what JSON unwraps to a primitive
+    return is(0, value) || is(1, value) || is(2, value) || is(3, value);
+  }
+  function keyPicker(list) {
+    var keys = [], count = 0, length = toLength(list.length);
+    for (var i = 0; i < length; i++) {
+      var v = list[i], key;
+      if (typeof v === 'string') key = v;
+      else if (typeof v === 'number') key = '' + v;
+      else if (typeof v === 'object' && v !== null && (is(0, v) || is(1, v))) key = `${v}`;
+      else continue;
+      var seen = false;
+      for (var j = 0; j < count; j++) if (keys[j] === key) { seen = true; break; }
+      if (!seen) put(keys, count++, key);
+    }
+    return function (key, value) {
+      if (value === null || typeof value !== 'object' || isArray(value) || isWrapper(value)) {
+        return value;
+      }
+      var picked = {};
+      for (var j = 0; j < count; j++) put(picked, keys[j], value[keys[j]]);
+      return picked;
+    };
+  }
+  install(JSON, 'stringify', { stringify(value, replacer, space) {
+    var each = identity;
+    if (typeof replacer === 'function') {
+      each = function (key, v) { return apply(replacer, this, [key, v]); };
+    } else if (isArray(replacer)) each = keyPicker(replacer);
+    return apply(stringify, JSON, [value, each, space]);
+  } }.stringify, 3);
+
+  // 3. Array methods that loop over `length` in C, holes included, without calling anything.
+  function lengthOf(name, value) {  // the length the built-in will read, read the same way
+    var o = Obj(value), v;
+    for (;;) {
+      var d = getOwnPropertyDescriptor(o, 'length');
+      if (d !== undefined) {
+        if (!hasOwn(d, 'value')) {
+          throw new TypeErr('Array.prototype.' + name +
+                            ' in a condition needs a length that is a value, not a getter');
+        }
+        v = d.value;
+        break;
+      }
+      o = getPrototypeOf(o);
+      if (o === null) return 0;
+    }
+    if (isObject(v)) {
+      throw new TypeErr('Array.prototype.' + name +
+                        ' in a condition needs a length that is a number, not an object');
+    }
+    if (typeof v === 'symbol' || typeof v === 'bigint') return 0;  // the built-in throws
+    var n = toLength(v);
+    if (n > lengthCap) {
+      throw new RangeErr('Array.prototype.' + name + ' over a length of ' + n +
+                         ': conditions may go through at most ' + lengthCap + ' elements');
+    }
+    return n;
+  }
+  var walking = ['join', 'toLocaleString', 'indexOf', 'lastIndexOf', 'includes', 'reverse',
+                 'splice', 'slice', 'copyWithin', 'fill', 'every', 'some', 'forEach', 'map',
+                 'filter', 'reduce', 'reduceRight', 'find', 'findIndex', 'shift', 'unshift'];
+  walking.forEach(function (name) {
+    var original = AP[name];
+    if (typeof original !== 'function') return;
+    install(AP, name, { [name]() {
+      if (this !== undefined && this !== null) lengthOf(name, this);
+      return apply(original, this, arguments);
+    } }[name], original.length);
+  });
+  var sort = AP.sort;
+  function compareStrings(x, y) {  // the default order (undefined and holes never get here)
+    var a = `${x}`, b = `${y}`;
+    return a < b ? -1 : b < a ? 1 : 0;
+  }
+  install(AP, 'sort', { sort(comparefn) {
+    if (comparefn !== undefined && typeof comparefn !== 'function') {
+      throw new TypeErr('the comparison function must be either a function or undefined');
+    }
+    if (this !== undefined && this !== null) lengthOf('sort', this);
+    return apply(sort, this, [comparefn === undefined ? compareStrings : comparefn]);
+  } }.sort, 1);
+
+  // concat, flat and flatMap read the lengths of other arrays after running user code (getters,
+  // species constructors, the mapper), so no check beforehand holds: they are written here.
+  function speciesCreate(original) {
+    if (!isArray(original)) return [];
+    var C = original.constructor;
+    if (isObject(C)) {
+      C = C[symSpecies];
+      if (C === null) C = undefined;
+    }
+    if (C === undefined) return [];
+    if (typeof C !== 'function') throw new TypeErr('the species of an array must be a constructor');
+    return new C(0);
+  }
+  function spreadable(value) {
+    if (!isObject(value)) return false;
+    var s = value[symSpreadable];
+    return s !== undefined ? !!s : isArray(value);
+  }
+  install(AP, 'concat', { concat(item) {
+    var O = toObject(this, 'Array.prototype.concat');
+    var A = speciesCreate(O), n = 0;
+    for (var i = -1; i < arguments.length; i++) {
+      var E = i < 0 ? O : arguments[i];
+      if (spreadable(E)) {
+        var len = toLength(E.length);
+        if (n + len > MAX_SAFE) throw new TypeErr('array too long');
+        for (var k = 0; k < len; k++, n++) if (k in E) put(A, n, E[k]);
+      } else {
+        if (n >= MAX_SAFE) throw new TypeErr('array too long');
+        put(A, n++, E);
+      }
+    }
+    A.length = n;
+    return A;
+  } }.concat, 1);
+  function flatten(target, source, sourceLength, start, depth, mapper, thisArg) {
+    var t = start;
+    for (var i = 0; i < sourceLength; i++) {
+      if (!(i in source)) continue;
+      var element = source[i];
+      if (mapper !== undefined) element = apply(mapper, thisArg, [element, i, source]);
+      if (depth > 0 && isArray(element)) {
+        t = flatten(target, element, toLength(element.length), t, depth - 1);
+      } else {
+        if (t >= MAX_SAFE) throw new TypeErr('array too long');
+        put(target, t++, element);
+      }
+    }
+    return t;
+  }
+  install(AP, 'flat', { flat() {
+    var O = toObject(this, 'Array.prototype.flat'), length = toLength(O.length), depth = 1;
+    if (arguments.length > 0 && arguments[0] !== undefined) {
+      depth = toInteger(arguments[0]);
+      if (depth < 0) depth = 0;
+    }
+    var A = speciesCreate(O);
+    flatten(A, O, length, 0, depth);
+    return A;
+  } }.flat, 0);
+  install(AP, 'flatMap', { flatMap(mapper, thisArg) {
+    var O = toObject(this, 'Array.prototype.flatMap'), length = toLength(O.length);
+    if (typeof mapper !== 'function') throw new TypeErr('flatMap mapper must be a function');
+    var A = speciesCreate(O);
+    flatten(A, O, length, 0, 1, mapper, thisArg);
+    return A;
+  } }.flatMap, 1);
+
+  // 4. String searches are naive: (n - m + 1) * m character comparisons at worst. Each guard
+  // converts to strings itself (user code runs once, here), checks, and hands the built-in
+  // primitives; a pattern with its own method (a RegExp) is used as the built-in would.
+  function isRegExp(value) {
+    if (!isObject(value)) return false;
+    var m = value[symMatch];
+    if (m !== undefined) return !!m;
+    try { return typeof apply(regexpGlobal, value, []) === 'boolean'; } catch (e) { return false; }
+  }
+  function searched(name, s, t) {
+    var n = s.length, m = t.length;
+    if (m <= n && (n - m + 1) * m > searchCap) {
+      throw new RangeErr('String.prototype.' + name + ' of ' + m + ' characters in ' + n +
+                         ': conditions may search at most ' + searchCap +
+                         ' character comparisons');
+    }
+  }
+  function self(value, name) {
+    if (value === undefined || value === null) {
+      throw new TypeErr('String.prototype.' + name + ' called on null or undefined');
+    }
+    return `${value}`;
+  }
+  ['indexOf', 'lastIndexOf', 'includes'].forEach(function (name) {
+    var original = SP[name];
+    install(SP, name, { [name](searchString) {
+      var s = self(this, name);
+      if (name === 'includes' && isRegExp(searchString)) {
+        throw new TypeErr('String.prototype.includes takes a string, not a regular expression');
+      }
+      var t = `${searchString}`;
+      searched(name, s, t);
+      return apply(original, s, arguments.length > 1 ? [t, arguments[1]] : [t]);
+    } }[name], 1);
+  });
+  var split = SP.split;
+  install(SP, 'split', { split(separator, limit) {
+    if (this === undefined || this === null) self(this, 'split');
+    if (separator !== undefined && separator !== null) {
+      var splitter = separator[symSplit];
+      if (splitter !== undefined && splitter !== null) {
+        return apply(splitter, separator, [this, limit]);
+      }
+    }
+    var s = `${this}`;
+    if (separator === undefined) return apply(split, s, [undefined, limit]);
+    var t = `${separator}`;
+    searched('split', s, t);
+    return apply(split, s, [t, limit]);
+  } }.split, 2);
+  ['replace', 'replaceAll'].forEach(function (name) {
+    var original = SP[name];
+    if (typeof original !== 'function') return;
+    install(SP, name, { [name](searchValue, replaceValue) {
+      if (this === undefined || this === null) self(this, name);
+      if (searchValue !== undefined && searchValue !== null) {
+        if (name === 'replaceAll' && isRegExp(searchValue)) {
+          var flags = searchValue.flags;
+          if (flags === undefined || flags === null ||
+              apply(stringIndexOf, `${flags}`, ['g']) < 0) {
+            throw new TypeErr('String.prototype.replaceAll needs a global regular expression');
+          }
+        }
+        var replacer = searchValue[symReplace];
+        if (replacer !== undefined && replacer !== null) {
+          return apply(replacer, searchValue, [this, replaceValue]);
+        }
+      }
+      var s = `${this}`, t = `${searchValue}`;
+      searched(name, s, t);
+      return apply(original, s, [t, replaceValue]);
+    } }[name], 2);
+  });
+
+  // 5. Compiling at run time: at most sourceCap characters. The global eval becomes an
+  // indirect eval with that cap; the factory keeps the originals for its own use.
+  function compiled(what, length) {
+    if (length > sourceCap) {
+      throw new RangeErr(what + ' of ' + length +
+                         ' characters: conditions may compile at most ' + sourceCap);
+    }
+  }
+  var cappedEval = { eval(code) {
+    if (typeof code === 'string') compiled('eval', code.length);
+    return intrinsicEval(code);
+  } }.eval;
+  defineProperty(G, 'eval', slot(cappedEval));
+  function capConstructor(Original, prototype) {
+    var Capped = function () {
+      var texts = [], total = 0;
+      for (var i = 0; i < arguments.length; i++) {
+        var text = `${arguments[i]}`;
+        total += text.length;
+        put(texts, i, text);
+      }
+      compiled(Original.name, total);
+      return construct(Original, texts, new.target === undefined ? Original : new.target);
+    };
+    defineProperty(Capped, 'prototype', { __proto__: null, value: prototype, writable: false });
+    defineProperty(Capped, 'name', { __proto__: null, value: Original.name, configurable: true });
+    defineProperty(Capped, 'length', { __proto__: null, value: 1, configurable: true });
+    var d = getOwnPropertyDescriptor(prototype, 'constructor');
+    d.value = Capped;
+    defineProperty(prototype, 'constructor', d);
+    return Capped;
+  }
+  var CappedFunction = capConstructor(IntrinsicFunction, IntrinsicFunction.prototype);
+  defineProperty(G, 'Function', slot(CappedFunction));
+  [getPrototypeOf(function* () {}), getPrototypeOf(async function () {}),
+   getPrototypeOf(async function* () {})].forEach(function (prototype) {
+    capConstructor(prototype.constructor, prototype);
+  });
+
+  return { Function: IntrinsicFunction, eval: intrinsicEval, parse: parse, create: create,
+           defineProperty: defineProperty, global: G };
+})
+"""
+
+# Builds the per-condition function inside QuickJS, from the originals `_SANDBOX_JS` kept. The
+# source is first tried as an expression, compiled once into a real function (fastest: nothing
+# is parsed per message). If it is not an expression it is a script: `Function` checks that it
+# parses (without running it) and each message evaluates it with a direct eval, whose completion
+# value is the script's last expression, as Nashorn's `engine.eval` gives; its `var`, `let` and
+# `const` stay local to one evaluation, as with Nashorn's fresh bindings. A direct eval needs the
+# original `eval`, which user code must not get (it compiles without the cap): the script runs
+# `with` a scope whose `eval` gives the original once, to the wrapper's own call, and the global
+# (capped) one to every later lookup. Both functions are made by `Function`, in the global scope,
+# so user code sees `$`, `_kafka` and the built-ins, not this factory's variables. The wrapper
+# parses the JSON it is handed and applies Conductor's truthiness, so only a boolean crosses back
+# into Python.
 _FACTORY_JS = r"""
-(function (source, expression) {
-  var condition;
+(function (source, expression, original) {
+  var condition, Fn = original.Function, parse = original.parse;
   if (expression !== null) {
     try {
-      condition = new Function('$', '_kafka', 'return (' + expression + '\n);');
+      condition = new Fn('$', '_kafka', 'return (' + expression + '\n);');
     } catch (e) {
       if (!(e instanceof SyntaxError)) throw e;
     }
   }
   if (condition === undefined) {
-    new Function('$', '_kafka', source);
-    condition = new Function('$', '_kafka', '__heraldSource', 'return eval(__heraldSource);');
+    new Fn('$', '_kafka', source);
+    var script = new Fn('$', '_kafka', '__heraldSource', '__heraldScope',
+                        'with (__heraldScope) return eval(__heraldSource);');
+    var intrinsicEval = original.eval, global = original.global, pending = false;
+    var scope = original.create(null);
+    original.defineProperty(scope, 'eval', { get: function () {
+      if (pending) { pending = false; return intrinsicEval; }
+      return global.eval;
+    } });
+    condition = function ($, meta) {
+      pending = true;
+      try { return script($, meta, source, scope); } finally { pending = false; }
+    };
   }
   return function (message, meta) {
-    var r = condition(JSON.parse(message), meta === null ? undefined : JSON.parse(meta), source);
+    var r = condition(parse(message), meta === null ? undefined : parse(meta));
     switch (typeof r) {
       case 'boolean': return r;
       case 'number': return r > 0;
@@ -91,9 +503,9 @@ _FACTORY_JS = r"""
 # layout lets every error be placed in the user's text, or at its end. Returns null when the
 # text parses, else the JSON of [message, line] (QuickJS gives lines but no columns).
 _SYNTAX_JS = r"""
-(function (text) {
+(function (text, original) {
   try {
-    eval('(function ($, _kafka) {\n' + text + '\n})');
+    original.eval('(function ($, _kafka) {\n' + text + '\n})');
     return null;
   } catch (e) {
     if (!(e instanceof SyntaxError)) throw e;
@@ -157,7 +569,7 @@ def _token_at(text: str, offset: int) -> tuple[int, str]:
     return offset, text[offset]
 
 
-def _describe_syntax_error(context: quickjs.Context, text: str) -> str | None:
+def _describe_syntax_error(context: quickjs.Context, original: Any, text: str) -> str | None:
     """Where and what the syntax error in `text` is, in the user's own text: `at line 1,
     column 11 (')'): unexpected token in expression`, or `(end of condition)` when the text
     stops too early; None when it parses (the failure was something else).
@@ -166,7 +578,8 @@ def _describe_syntax_error(context: quickjs.Context, text: str) -> str | None:
     name a character of the wrapper (`'}'`) the user never wrote.
     """
     try:
-        return _locate(context.eval(_SYNTAX_JS), text)
+        check = context.eval(_SYNTAX_JS)
+        return _locate(lambda part: check(part, original), text)
     except quickjs.JSException:  # a prefix that ran (text that closes its wrapper) and threw
         return None
 
@@ -293,14 +706,13 @@ class _Script(Condition):
     def _build(self) -> Any:
         """A fresh context holding the compiled condition; raises ConditionError on bad syntax."""
         context = quickjs.Context()
-        context.set_memory_limit(self._memory_limit_bytes)
-        context.set_time_limit(self._time_limit_ms / 1000)
+        original = _sandbox(context, self._time_limit_ms, self._memory_limit_bytes)
         factory = context.eval(_FACTORY_JS)
         expression = _as_expression(self._source)
         try:
-            return factory(self._source, expression or None)
+            return factory(self._source, expression or None, original)
         except quickjs.JSException as exc:
-            where = _describe_syntax_error(context, self._source)
+            where = _describe_syntax_error(context, original, self._source)
             what = where if where is not None else f": {_first_line(exc)}"
             raise ConditionError(f"condition {self._source!r} does not parse {what}") from None
 
@@ -347,6 +759,56 @@ class _Script(Condition):
         return ConditionError(f"condition threw: {first}")
 
 
+def _sandbox(context: quickjs.Context, time_limit_ms: int, memory_limit_bytes: int) -> Any:
+    """Set a fresh context's limits and harden it (`_SANDBOX_JS`) before any user code runs;
+    returns the originals the factory needs (a QuickJS object only Herald's code holds).
+
+    Hardening takes about 0.7 ms, mostly compiling `_SANDBOX_JS`; the time limit (process CPU
+    time, so other threads count) is set after it, so that even a limit of 1 ms cannot cut it
+    short.
+    """
+    context.set_memory_limit(memory_limit_bytes)
+    context.set_max_stack_size(_STACK_BYTES)
+    harden = context.eval(_SANDBOX_JS)
+    removed = context.eval(json.dumps(list(_REMOVED_GLOBALS)))
+    # Numbers go as floats: the binding passes a Python int as a 32-bit one.
+    original = harden(
+        removed,
+        float(memory_limit_bytes // _VALUE_BYTES),
+        float(time_limit_ms * _SEARCH_STEPS_PER_MS),
+        float(_MAX_SOURCE_CHARS),
+    )
+    context.set_time_limit(time_limit_ms / 1000)
+    return original
+
+
+def _refuse_unsafe(source: str) -> None:
+    """Refuse, at configuration time, a source that is too long to compile safely or that names
+    what the sandbox removed (it would only fail on every message). A name is taken as used
+    unless it follows `.` or precedes `:` (a property or key); one inside a template literal is
+    not seen here and fails at run time instead."""
+    if len(source) > _MAX_SOURCE_CHARS:
+        raise ConditionError(
+            f"condition is {len(source)} characters long; conditions may be at most "
+            f"{_MAX_SOURCE_CHARS}"
+        )
+    removed = frozenset(_REMOVED_GLOBALS)
+    tokens = [match for match in _TOKEN.finditer(source) if not match.group().startswith("//")]
+    tokens = [match for match in tokens if not match.group().startswith("/*")]
+    for i, match in enumerate(tokens):
+        name = match.group()
+        if name not in removed:
+            continue
+        before = tokens[i - 1].group() if i > 0 else ""
+        after = tokens[i + 1].group() if i + 1 < len(tokens) else ""
+        if before in (".", "?.") or after == ":":
+            continue
+        raise ConditionError(
+            f"condition uses {name}, which conditions cannot use (their sandbox has no typed "
+            "arrays, ArrayBuffer, SharedArrayBuffer, DataView, Atomics or Proxy)"
+        )
+
+
 def _check_limits(time_limit_ms: int, memory_limit_bytes: int) -> None:
     if time_limit_ms <= 0:
         raise ConditionError(f"time_limit_ms must be positive, got {time_limit_ms}")
@@ -367,7 +829,8 @@ def compile_condition(
     `value-param`; names are matched case-insensitively. An empty or None expression is always
     true (Conductor's `StringUtils.isNotEmpty`; a blank but non-empty one is evaluated, as there).
     Raises ConditionError for an unknown evaluator type (Conductor would quietly fall back to
-    JavaScript) and for JavaScript that does not parse; nothing of the condition runs here.
+    JavaScript), for JavaScript that does not parse, is longer than `_MAX_SOURCE_CHARS` or
+    names what the sandbox removed (`_REMOVED_GLOBALS`); nothing of the condition runs here.
     """
     kind = (evaluator_type or "javascript").strip().lower()
     if kind not in EVALUATOR_TYPES:
@@ -380,4 +843,5 @@ def compile_condition(
     if kind == "value-param":
         return _ValueParam(expression, kind)
     _check_limits(time_limit_ms, memory_limit_bytes)
+    _refuse_unsafe(expression)
     return _Script(expression, kind, time_limit_ms, memory_limit_bytes)
