@@ -118,6 +118,8 @@ class IntegrationSource:
                     wanted, conflict = frozenset(self._wanted()), self._conflict()
                     looked_at = time.monotonic()
                 if not wanted:
+                    if self._consumer is not None:  # the last handler went: keep what is done
+                        await self._commit(force=True)
                     await self._close()
                     self._set("idle")
                     await asyncio.sleep(1.0)
@@ -236,8 +238,22 @@ class IntegrationSource:
         if not anchor and not seek:
             return
         assert self._consumer is not None
-        async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
-            anchored, sought = await positions.reposition(self._consumer, list(anchor), seek)
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
+                anchored, sought = await positions.reposition(self._consumer, list(anchor), seek)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the coordinator or a leader is away: the next turn retries
+            self._log_once(
+                "reposition",
+                logging.WARNING,
+                "integration %s: could not seek %d partition(s) to their offsets (%r); "
+                "nothing of them is taken until it can",
+                self.name,
+                len(anchor) + len(seek),
+                exc,
+            )
+            return
         for tp, offset in anchored.items():
             self.ledger.anchored(tp, anchor[tp], offset)
         for tp, offset in sought.items():
