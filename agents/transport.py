@@ -158,6 +158,17 @@ class HeraldConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         except (AssertionError, IllegalStateError) as exc:  # the assignment changed meanwhile
             log.info("the assignment changed while recovery was seeking: %r", exc)
 
+    def highwater(self, tp: TP) -> int | None:
+        """The partition's high watermark, None when it is no longer assigned: Faust asks for
+        each record it hands out, from the main thread, while a rebalance in the consumer's
+        thread may have taken the partition away meanwhile, and aiokafka asserts, which ended
+        the worker (seen in tests/integration/test_subscriptions.py). None is what aiokafka
+        itself answers before the first fetch, and what Faust already copes with."""
+        try:
+            return super().highwater(tp)
+        except (AssertionError, IllegalStateError):
+            return None
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         wait_ms = getattr(self.app, "fetch_max_wait_ms", None)

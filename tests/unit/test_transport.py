@@ -166,3 +166,15 @@ def test_recovery_seeks_only_partitions_still_assigned(wired: Any, loop: Any) ->
     gone = _ReassignedConsumer(set())
     loop.run_until_complete(thread._seek_wait(gone, {SRC: 5}))  # nothing left: no error
     assert gone.sought == {}
+
+
+def test_the_high_watermark_of_a_partition_gone_is_unknown_not_a_crash(wired: Any) -> None:
+    _, consumer, _ = wired
+    thread = consumer._new_consumer_thread()
+
+    class Gone:
+        def highwater(self, tp: TP) -> int:
+            raise AssertionError("Partition is not assigned")  # aiokafka's assert
+
+    thread._ensure_consumer = lambda: Gone()  # type: ignore[method-assign]
+    assert thread.highwater(SRC) is None
