@@ -138,6 +138,30 @@ class FetchGuard(collections.OrderedDict):
             self._reports.append((tp, unreadable))
 
 
+def skip_command(unreadable: Unreadable, integration: str | None = None) -> str:
+    """The `herald skip` an operator runs for it (`integration`: None for the home one)."""
+    which = f"--integration {integration} " if integration else ""
+    return (
+        f"herald skip {which}--topic {unreadable.topic} --partition {unreadable.partition} "
+        f"--offset {unreadable.offset}"
+    )
+
+
+def log_stopped(integration: str, unreadable: Unreadable, skip: str) -> None:
+    """The error line of a partition stopped at an unreadable batch, with its `skip`."""
+    log.error(
+        "unreadable record batch on integration %s: %s. Partition %s/%s is stopped at offset "
+        "%d; other partitions keep flowing. To skip the range (its offsets and this reason go "
+        "to the dead-letter topic): %s, or set herald.unreadableBatches: skip",
+        integration,
+        unreadable.describe(),
+        unreadable.topic,
+        unreadable.partition,
+        unreadable.offset,
+        skip,
+    )
+
+
 def install(consumer: Any, reports: collections.deque[tuple[Any, Unreadable]]) -> None:
     """Put a FetchGuard in place of a started aiokafka consumer's fetcher map."""
     fetcher = consumer._fetcher

@@ -295,21 +295,8 @@ class IntegrationSource:
             fetched_tp, unreadable = self._reports.popleft()
             tp = TP(fetched_tp.topic, fetched_tp.partition)
             if self.ledger.stop(tp, unreadable):
-                log.error(
-                    "unreadable record batch on integration %s: %s. Partition %s/%s is "
-                    "stopped at offset %d; other partitions keep flowing. To skip the range "
-                    "(its offsets and this reason go to the dead-letter topic): herald skip "
-                    "--integration %s --topic %s --partition %d --offset %d, or set "
-                    "herald.unreadableBatches: skip",
-                    self.name,
-                    unreadable.describe(),
-                    tp.topic,
-                    tp.partition,
-                    unreadable.offset,
-                    self.name,
-                    tp.topic,
-                    tp.partition,
-                    unreadable.offset,
+                fetchguard.log_stopped(
+                    self.name, unreadable, fetchguard.skip_command(unreadable, self.name)
                 )
         for tp in self.ledger.stopped():
             if self.ledger.caught_up(tp):

@@ -243,20 +243,8 @@ class HeraldConsumer(aiokafka_driver.Consumer):
                 )
                 continue
             if self.ledger.stop(tp, unreadable):
-                log.error(
-                    "unreadable record batch on integration %s: %s. Partition %s/%s is "
-                    "stopped at offset %d; other partitions keep flowing. To skip the range "
-                    "(its offsets and this reason go to the dead-letter topic): herald skip "
-                    "--topic %s --partition %d --offset %d, or set herald.unreadableBatches: "
-                    "skip",
-                    self._integration(),
-                    unreadable.describe(),
-                    tp.topic,
-                    tp.partition,
-                    unreadable.offset,
-                    tp.topic,
-                    tp.partition,
-                    unreadable.offset,
+                fetchguard.log_stopped(
+                    self._integration(), unreadable, fetchguard.skip_command(unreadable)
                 )
         for tp in self.ledger.stopped():
             if tp not in self._paused_partitions and self.ledger.caught_up(tp):

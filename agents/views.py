@@ -9,6 +9,7 @@ from __future__ import annotations
 import faust
 from faust.web import Request, Response, View
 
+from agents.fetchguard import skip_command
 from agents.ilagent_api import register_ilert_proxy
 from agents.ledger import OffsetLedger
 from agents.runtime import Runtime
@@ -94,7 +95,7 @@ def _unreadable(
 ) -> list[dict[str, object]]:
     if ledger is None:
         return []
-    which = "" if integration == runtime.home else f"--integration {integration} "
+    other = None if integration == runtime.home else integration
     return [
         {
             "integration": integration,
@@ -104,8 +105,7 @@ def _unreadable(
             "endOffset": found.end,
             "reason": found.reason,
             "since": int(found.seen_at * 1000),
-            "skip": f"herald skip {which}--topic {found.topic} --partition {found.partition} "
-            f"--offset {found.offset}",
+            "skip": skip_command(found, other),
         }
         for found in ledger.stopped().values()
     ]  # ilagent's HTTP API, when herald.ilertProxy is set

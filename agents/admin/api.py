@@ -148,11 +148,9 @@ class Admin:
             for subject_type, subject_id, accesses in state.owner_grants(caller.user, name):
                 key = grant_key("EVENT_HANDLER", name, subject_type, subject_id)
                 records.append((key, encode({"access": accesses})))
-        await self.store.write(records)
         operation = "event_handler.create" if before is None else "event_handler.update"
-        await self.changes.record(
-            caller, operation, {"type": "EVENT_HANDLER", "id": name}, before, handler
-        )
+        target = {"type": "EVENT_HANDLER", "id": name}
+        await self.save(caller, operation, target, records, before, handler)
 
     # -- applications --------------------------------------------------------------------
 

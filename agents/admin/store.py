@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from agents.tables import RESERVED_PREFIX, SEED_PREFIX, RulesTable
+from agents.tables import RESERVED_PREFIX, RulesTable
 from streams.access import AccessState
 
 ADMIN_PREFIX = RESERVED_PREFIX + b"admin:"
@@ -100,11 +100,6 @@ class AdminStore:
             if blob is not None and not key.startswith(RESERVED_PREFIX):
                 out.append(orjson.loads(blob))
         return sorted(out, key=lambda h: str(h.get("name")))
-
-    def origin(self, name: str) -> str:
-        """Where a handler came from: `configuration` (seeded from the file; the file's
-        version wins again when that handler changes in the file) or `api`."""
-        return "configuration" if self.table.get(SEED_PREFIX + name.encode()) else "api"
 
     async def write(self, records: list[tuple[bytes, bytes | None]]) -> None:
         """Produce the records, then wait until this worker's table holds them all."""

@@ -21,12 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agents.cli import main as herald
 from agents.embedded.broker import create_topics
 from agents.embedded.receiver import Delay, Receiver, Reply
 from tests.support.detector import audit_deployment
-from tests.support.herald import HeraldDeployment, herald_check_connect, wait_until, webhook_target
+from tests.support.herald import (
+    HeraldDeployment,
+    herald_check_connect,
+    put_rule,
+    wait_until,
+    webhook_target,
+)
 from tests.support.kafka import consume, produce
 
 MAX_IN_FLIGHT = 16
@@ -97,8 +104,6 @@ def two_cluster_deployment(
         cloud_integration(cloud, deployment.group, **cloud_fields)
     )
     deployment.config["eventHandlers"] = handlers
-    import yaml
-
     deployment.config_path.write_text(yaml.safe_dump(deployment.config, sort_keys=False))
     return deployment
 
@@ -294,9 +299,7 @@ def test_a_handler_put_at_runtime_on_a_new_topic_of_another_cluster_is_consumed_
     workers = [herald_.start_worker(), herald_.start_worker()]
     for worker in workers:
         assert integration_state(worker, "cloud")["state"] == "idle"
-    rule = tmp_path / "later.json"
-    rule.write_text(json.dumps(handler("later", "cloud", later)))
-    assert herald(["rules", "--config", str(herald_.config_path), "put", str(rule)]) == 0
+    put_rule(herald_, tmp_path, handler("later", "cloud", later))
     for worker in workers:
         worker.wait_for_log(rf"integration cloud: consuming {later}", 30)
     wait_until(

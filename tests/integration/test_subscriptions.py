@@ -13,7 +13,7 @@ from typing import Any
 from agents.cli import main as herald
 from agents.embedded.broker import create_topics, run_sync
 from agents.embedded.receiver import Receiver
-from tests.support.herald import deploy, wait_until, webhook_target
+from tests.support.herald import deploy, put_rule, wait_until, webhook_target
 from tests.support.kafka import produce
 
 
@@ -56,13 +56,6 @@ def handler(name: str, topic: str) -> dict[str, Any]:
             {"action": "webhook", "webhook": {"url": name, "body": {"n": "${n}", "t": topic}}}
         ],
     }
-
-
-def put_rule(deployment: Any, tmp_path: Any, rule: dict[str, Any]) -> None:
-    """`herald rules put FILE`, as an operator runs it."""
-    path = tmp_path / f"{rule['name']}.json"
-    path.write_text(json.dumps(rule))
-    assert herald(["rules", "--config", str(deployment.config_path), "put", str(path)]) == 0
 
 
 def test_a_handler_put_at_runtime_on_a_new_topic_is_consumed_by_the_group_and_dropped_again(

@@ -198,3 +198,12 @@ def herald_check_connect(config_path: Path | str) -> subprocess.CompletedProcess
         text=True,
         timeout=120,
     )
+
+
+def put_rule(deployment: HeraldDeployment, tmp_path: Path, rule: dict[str, Any]) -> None:
+    """`herald rules put FILE` with one handler, as an operator runs it."""
+    from agents.cli import main as herald
+
+    path = tmp_path / f"{rule['name']}.json"
+    path.write_text(json.dumps(rule))
+    assert herald(["rules", "--config", str(deployment.config_path), "put", str(path)]) == 0
