@@ -27,9 +27,11 @@ from agents.batches import BatchChannel
 from agents.configuration import load_or_exit
 from agents.connectivity import broker_credentials
 from agents.heartbeats import register_heartbeats
+from agents.history import register_history
 from agents.idempotence import IdempotentHeraldApp
 from agents.integration_source import IntegrationSource
 from agents.limits import record_limit, topic_limits
+from agents.metrics import worker_registry
 from agents.monitor import HeraldMonitor
 from agents.rules import RuleSet
 from agents.runtime import Runtime
@@ -191,6 +193,7 @@ def create_app(checked: Checked) -> faust.App:
     for remote in runtime.sources.values():
         app.task(remote.run)
         app.task(remote.runner.run)
+    runtime.metrics = worker_registry(app, runtime, source, sink)  # read when /metrics is
 
     # The lanes end first in a stop, while the consumer, the tables and the producer still
     # run (Faust's own on_stop stops the consumer and the tables, and its on_before_shutdown
@@ -217,6 +220,7 @@ def create_app(checked: Checked) -> faust.App:
     async def on_shutdown(app: faust.App, **kwargs: object) -> None:
         await runtime.close()
 
+    register_history(app, runtime)  # before the admin API, which serves it
     register_skipper(app, runtime)
     register_views(app, runtime)
     if settings.admin is not None:

@@ -13,6 +13,10 @@ herald skip [--integration I] --topic T --partition P --offset O [--to END]
                                        partition (recorded on the dead-letter topic)
 herald import-handlers FILE|URL        Conductor's exported event handlers into the config
 herald ilagent daemon [ilagent flags]  ilagent's Kafka mode, run on Herald's workers
+herald try (--handler NAME | --topic T [--integration I]) MESSAGE_FILE [--key K]
+          [--header NAME=VALUE ...] [--connect]
+                                       dry run: the condition's result and the exact
+                                       requests, with nothing delivered
 """
 
 from __future__ import annotations
@@ -151,6 +155,12 @@ def cmd_import_handlers(args: argparse.Namespace, rest: list[str]) -> int:
     )
 
 
+def cmd_try(args: argparse.Namespace, rest: list[str]) -> int:
+    from agents.dryrun import run
+
+    return run(load_or_exit(args.config), args)
+
+
 def cmd_ilagent(args: argparse.Namespace, rest: list[str]) -> int:
     from agents.ilagent import main as ilagent_main
 
@@ -237,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-secret", default=None, help="Orkes key secret (or $CONDUCTOR_AUTH_SECRET)"
     )
     imports.set_defaults(func=cmd_import_handlers)
+
+    from agents.dryrun import add_arguments as try_arguments
+
+    tryout = sub.add_parser(
+        "try", help="dry run: what handlers would send for a message, with nothing delivered"
+    )
+    tryout.add_argument("-c", "--config", default=None, help="configuration file")
+    try_arguments(tryout)
+    tryout.set_defaults(func=cmd_try)
 
     ilagent = sub.add_parser(
         "ilagent", add_help=False, help="ilagent's command line (daemon, Kafka mode) on Herald"

@@ -387,11 +387,16 @@ class IntegrationSource:
 
     def lag(self) -> dict[str, int]:
         """Records not yet done per assigned partition (as of the last probe)."""
-        out: dict[str, int] = {}
+        return {f"{tp.topic}/{tp.partition}": lag for tp, lag in self.lag_by_partition().items()}
+
+    def lag_by_partition(self) -> dict[TP, int]:
+        """The end offset of the last probe minus the offset before which every record is
+        done (agents.ledger), per assigned partition; /ready and /metrics show it."""
+        out: dict[TP, int] = {}
         for tp, end in sorted(self._highwater.items()):
             progress = self.ledger.position(tp)
             if progress is not None:
-                out[f"{tp.topic}/{tp.partition}"] = max(end - progress, 0)
+                out[tp] = max(end - progress, 0)
         return out
 
     def status(self) -> dict[str, Any]:

@@ -86,6 +86,8 @@ class OffsetLedger:
         self._stopped: dict[TP, Unreadable] = {}
         self.unreadable_count = 0
         self.skipped_count = 0
+        #: Assignments received: one per rebalance of the group (agents.metrics).
+        self.assignments = 0
 
     # -- assignment and revocation -------------------------------------------------------
 
@@ -110,6 +112,7 @@ class OffsetLedger:
     def assign(self, tps: Iterable[TP], generation: int) -> None:
         """A new assignment: each partition starts over, unanchored, in `generation`."""
         fresh = set(tps)
+        self.assignments += 1
         self.revoke(fresh)  # an eager rebalance can hand back a partition this worker had
         for tp in fresh:
             self._progress[tp] = PartitionProgress(generation)

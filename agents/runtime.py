@@ -16,6 +16,7 @@ import aiohttp
 import faust
 
 from agents.counters import Counters
+from agents.evaluator_process import EvaluatorProcess
 from agents.publisher import Publisher
 from agents.rules import RuleSet
 from agents.tables import Tables
@@ -40,8 +41,14 @@ class Runtime:
     stalls: list[Any] = field(default_factory=list)  # agents.ledger.Stall, refreshed by a timer
     #: The other integrations' sources by name (agents.integration_source), set by the app.
     sources: dict[str, Any] = field(default_factory=dict)
+    #: The execution history (agents.history.History), set by the app with the admin API.
+    history: Any = None
+    #: This worker's Prometheus registry (agents.metrics), set by the app; /metrics serves it.
+    metrics: Any = None
     codecs: AvroCodecs = field(init=False)
     publisher: Publisher = field(init=False)
+    #: Where the handlers' JavaScript conditions run: a child process, started when needed.
+    evaluator: EvaluatorProcess = field(default_factory=EvaluatorProcess)
     _http: aiohttp.ClientSession | None = None
     _http1: Http1Client | None = None
     _context: DeliveryContext | None = None
@@ -88,4 +95,5 @@ class Runtime:
             await self._http1.close()
         await self.publisher.close()
         await self.codecs.close()
+        await self.evaluator.close()
         await asyncio.sleep(0)

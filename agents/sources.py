@@ -25,13 +25,15 @@ from typing import Any
 from aiokafka.errors import MessageSizeTooLargeError
 
 from agents.batches import Batch, BatchChannel
+from agents.counters import MATCHED_STAGES
 from agents.limits import record_limit
 from agents.runtime import Runtime
 from streams import codecs, routing
 from streams.actions.base import ActionRequest
 from streams.avro.codecs import schemas_ready
+from streams.conditions import ConditionJob
 from streams.deadletter import DeadLetter, for_envelope
-from streams.handlers import CompiledHandler, Evaluation
+from streams.handlers import CompiledHandler, Evaluation, Prepared, finish
 from streams.message import Envelope
 
 log = logging.getLogger("herald.source")
@@ -57,9 +59,17 @@ def _timestamp(ms: int | None) -> int | None:
     return ms if ms is not None and ms >= 0 else None  # aiokafka gives -1 for "none"
 
 
-async def route(
+def _internal_error(envelope: Envelope, exc: Exception) -> Evaluation:
+    log.exception(
+        "internal error routing %s/%s@%s", envelope.topic, envelope.partition, envelope.offset
+    )
+    return Evaluation(dead_letters=[for_envelope(envelope, "internal", repr(exc))])
+
+
+async def prepare(
     runtime: Runtime, handlers: list[CompiledHandler], envelope: Envelope
-) -> Evaluation:
+) -> Prepared | Evaluation:
+    """`routing.prepare` for an integration with a codec (Avro), once its schemas are in."""
     codec = runtime.codecs.for_records(envelope.integration)
     if codec is not None:
         # The writer schema must come from the registry. While the registry cannot answer the
@@ -75,7 +85,7 @@ async def route(
             )
 
         await schemas_ready(codec, envelope, waiting)
-    return routing.route(handlers, envelope, codec)
+    return routing.prepare(handlers, envelope, codec)
 
 
 def max_record_bytes(max_request_size: int) -> int:
@@ -214,6 +224,7 @@ class SourceRunner:
             return
         runtime = self.runtime
         runtime.counters.consumed += len(batch.records)
+        runtime.counters.consumed_by[(self.integration, batch.tp.topic)] += len(batch.records)
         integration = self.integration
         handlers = runtime.rules.index().for_topic(integration, batch.tp.topic)
         if not handlers:
@@ -222,21 +233,38 @@ class SourceRunner:
         sync = runtime.codecs.for_records(integration) is None
         limit = self.max_record_bytes
         sent: list[Sent] = []
+        skipped: list[str] = []  # condition false: handler names, counted once per batch
+        # Two passes, so that the batch's JavaScript conditions go to the evaluator process in
+        # one round trip (agents.evaluator_process): prepare every record, judge, finish.
+        prepared: list[tuple[Envelope, Prepared | Evaluation]] = []
+        jobs: list[ConditionJob] = []
         for record in batch.records:
             envelope = envelope_of(record, integration)
             try:
                 if sync:
-                    evaluation = routing.route(handlers, envelope)
+                    ready = routing.prepare(handlers, envelope)
                 else:
-                    evaluation = await route(runtime, handlers, envelope)
+                    ready = await prepare(runtime, handlers, envelope)
+                if isinstance(ready, Prepared):
+                    jobs += ready.jobs
+            except Exception as exc:  # a bug, not bad data: dead-letter rather than lose it
+                ready = _internal_error(envelope, exc)
+            prepared.append((envelope, ready))
+        if jobs:
+            await runtime.evaluator.judge(jobs)
+            if batch.ticket.stale:  # revoked meanwhile: its new owner evaluates it again
+                return
+        for envelope, ready in prepared:
+            try:
+                evaluation = ready if isinstance(ready, Evaluation) else finish(ready)
+                skipped += evaluation.skipped
                 if evaluation.requests or evaluation.dead_letters:
                     outgoing = fit_to_limit(evaluation, envelope, limit)
                     await self._produce(outgoing, envelope, sent)
             except Exception as exc:  # a bug, not bad data: dead-letter rather than lose it
-                log.exception("internal error routing %s/%s@%s", *batch.tp, record.offset)
-                letter = for_envelope(envelope, "internal", repr(exc))
-                evaluation = Evaluation(dead_letters=[letter])
+                evaluation = _internal_error(envelope, exc)
                 await self._produce(fit_to_limit(evaluation, envelope, limit), envelope, sent)
+        runtime.counters.count_skipped(integration, skipped)
         if not sent:
             batch.ticket.done()
             return
@@ -255,13 +283,18 @@ class SourceRunner:
         # Straight to Faust's producer: a Topic.send builds a FutureMessage, runs the monitor
         # and callbacks, about 10 µs per record that nothing here uses.
         send = self.runtime.app.producer.send
+        counters = self.runtime.counters
         if outgoing.matched:
-            self.runtime.counters.matched += 1
+            counters.matched += 1
         actions = self.actions_topic
+        # By label for /metrics (agents.counters): only records that produce something pay.
+        produced, matched = counters.produced_by, set()
         for request, key, value in outgoing.requests:
             fut = await send(actions, key, value, None, None, None)
             sent.append((fut, actions, key, value, None, envelope, request, None))
-        self.runtime.counters.actions_produced += len(outgoing.requests)
+            produced[(self.integration, request.handler, request.action)] += 1
+            matched.add(request.handler)
+        counters.actions_produced += len(outgoing.requests)
         for letter, value in outgoing.dead_letters:
             log.warning(
                 "dead-lettered %s/%s@%s (%s): %s",
@@ -274,10 +307,17 @@ class SourceRunner:
             topic, headers = self._dlq(letter)
             fut = await send(topic, letter.key, value, None, None, headers)
             sent.append((fut, topic, letter.key, value, headers, envelope, None, letter))
-        self.runtime.counters.dead_lettered += len(outgoing.dead_letters)
+            counters.count_dead_letter(letter.integration, letter.stage)
+            if letter.handler and letter.stage in MATCHED_STAGES:
+                matched.add(letter.handler)
+        counters.count_matched(self.integration, matched)
 
     def _dlq(self, letter: DeadLetter) -> tuple[str, list[tuple[str, bytes]]]:
         return self.runtime.topics.dlq(letter.integration).get_topic_name(), letter.headers()
+
+    def produces_in_flight(self) -> int:
+        """Records handed to the producer whose batch is not acknowledged yet (/metrics)."""
+        return sum(count for count, done in self._pending if not done.done())
 
     def _on_produced(self, fut: asyncio.Future, batch: Batch, sent: list[Sent]) -> None:
         results = [] if fut.cancelled() else fut.result()
@@ -314,8 +354,11 @@ class SourceRunner:
                         envelope.offset,
                     )
                     topic, headers = self._dlq(replacement)
+                    if request is not None:  # a new dead letter; a letter refused is not
+                        self.runtime.counters.count_dead_letter(
+                            replacement.integration, replacement.stage
+                        )
                     key, letter, request = replacement.key, replacement, None
-                    self.runtime.counters.dead_lettered += 1
                 else:
                     log.error(
                         "could not produce to %s for %s (%r); retrying in %.1fs",

@@ -2,8 +2,8 @@
 
 Internal topics live on the home integration's cluster: `<prefix>-actions` (keyed by ordering
 key; partitions = actionPartitions), `<groupId>-rules-changelog` (handler definitions: the
-changelog of the rules table), `<prefix>-executions` (execution records) and
-`<prefix>-dlq-<integration>` (dead letters).
+changelog of the rules table), `<prefix>-executions` (execution records, kept
+`executionRetentionSeconds`) and `<prefix>-dlq-<integration>` (dead letters).
 """
 
 from __future__ import annotations
@@ -39,7 +39,15 @@ def declare_topics(app: faust.App, config: HeraldConfig) -> Topics:
     partitions = config.herald.actionPartitions
     actions = app.topic(actions_name(config), partitions=partitions, internal=True, **RAW)
     rules = app.topic(rules_name(config), partitions=1, internal=True, **RAW)
-    executions = app.topic(executions_name(config), partitions=partitions, internal=True, **RAW)
+    # Created with retention.ms = executionRetentionSeconds; an existing topic keeps its own,
+    # and agents.retention says so when they differ.
+    executions = app.topic(
+        executions_name(config),
+        partitions=partitions,
+        internal=True,
+        retention=config.herald.executionRetentionSeconds,
+        **RAW,
+    )
     dead_letters = {
         integration.name: app.topic(
             dlq_name(config, integration.name), partitions=1, internal=True, **RAW

@@ -143,7 +143,7 @@ class Skipper:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            self.runtime.counters.dead_lettered += 1
+            self.runtime.counters.count_dead_letter(letter.integration, letter.stage)
             ticket.done()
             return
 

@@ -1,6 +1,9 @@
-"""Health, readiness and counters over Faust's web server.
+"""Health, readiness, counters and Prometheus metrics over Faust's web server.
 
-Every answer is scrubbed of registered secret values (`streams.secrets`) as it is built:
+`/health` answers 200 while the worker's web server runs (a liveness probe); `/ready` 200 only
+once the handlers are loaded and partitions are assigned (a readiness probe: 503 before).
+
+Every JSON answer is scrubbed of registered secret values (`streams.secrets`) as it is built:
 readiness lists reasons (a stall, an unreadable batch) whose text comes from elsewhere.
 """
 
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import faust
 from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.fetchguard import skip_command
 from agents.ilagent_api import register_ilert_proxy
@@ -70,10 +74,24 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
             }
             return self.json(scrub_data(body), status=200 if ready else 503)
 
+    @app.page("/metrics")
+    class Metrics(View):
+        """Prometheus' text format of this worker's registry (agents.metrics). Not behind the
+        admin API's authentication, as /health is not: Prometheus scrapes it. Its labels are
+        configured names and fixed sets only (no message key or value, no secret), so it is
+        not scrubbed; a deployment that must hide even those restricts the port."""
+
+        async def get(self, request: Request) -> Response:
+            body = generate_latest(runtime.metrics)
+            return self.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     @app.page("/herald/stats")
     class Stats(View):
         async def get(self, request: Request) -> Response:
             counters = runtime.counters.as_dict()
+            # Evaluations that crashed or stalled the condition evaluator (each dead-lettered).
+            counters["condition_crashes"] = runtime.evaluator.crashes
+            counters["condition_evaluators_started"] = runtime.evaluator.started
             ledger = getattr(app.consumer, "ledger", None)
             if ledger is not None:
                 counters.update(ledger.as_dict())

@@ -109,6 +109,10 @@ def required_access(config: HeraldConfig) -> dict[str, list[Need]]:
     ]
     if config.herald.admin is not None:
         internal.append((audit_name(config), ("WRITE",), "the admin API's audit records"))
+        # Every worker reads them back into its execution history (agents.history).
+        read_back = [executions_name(config), audit_name(config)]
+        read_back += [dlq_name(config, i.name) for i in config.integrations]
+        internal += [(topic, ("READ",), "the execution history") for topic in read_back]
     for topic, operations, why in internal:
         add(home.name, Need("topic", topic, ("DESCRIBE", *operations), why, True))
     for handler in config.eventHandlers:

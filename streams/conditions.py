@@ -46,12 +46,12 @@ Meeting one of these fails that message with a ConditionError, as a throw does. 
 into a built-in may still do without interruption is bounded by the memory limit, no longer by
 a length or a product the condition picks: at the 16 MiB default, joining the largest array of
 numbers that fits takes a few hundred milliseconds.
-Two things are not contained, and could only be by evaluating in another process: regular
-expressions run without the time limit (`/^(a+)+$/` on 40 characters runs for hours), and
-QuickJS can crash on its out-of-memory path (a use-after-free of the out-of-memory error while
-adding its backtrace, e.g. `for (;;) a.push(new Array(100).fill(1))`, depending on the limit
-and the heap). So conditions still must not come from someone who would stall or crash the
-worker on purpose.
+Two things are not contained in-process: regular expressions run without the time limit
+(`/^(a+)+$/` on 40 characters runs for hours), and QuickJS can crash on its out-of-memory path
+(a use-after-free of the out-of-memory error while adding its backtrace, e.g.
+`for (;;) a.push(new Array(100).fill(1))`, depending on the limit and the heap). So a worker
+runs these conditions in its evaluator process (`streams.evaluator`, `ConditionJob`), which it
+kills at a deadline and replaces after a crash (`agents.evaluator_process`).
 
 Conductor expands inline JSON (`expand_inline_json`) in the payload before every condition;
 that is the caller's step, so `evaluate` sees exactly the message it is given.
@@ -63,6 +63,7 @@ import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -72,7 +73,14 @@ from streams.errors import ConditionError, TemplateError
 from streams.message import META_NAME
 from streams.templating import JsonPath, compile_path, to_json
 
-__all__ = ["EVALUATOR_TYPES", "Condition", "compile_condition", "truthy"]
+__all__ = [
+    "EVALUATOR_TYPES",
+    "Condition",
+    "ConditionJob",
+    "ConditionSpec",
+    "compile_condition",
+    "truthy",
+]
 
 EVALUATOR_TYPES = frozenset({"javascript", "graaljs", "value-param"})
 
@@ -616,8 +624,54 @@ def truthy(value: Any) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class ConditionSpec:
+    """What compiles a JavaScript condition: the same spec compiles the same condition in any
+    process, so a spec is also the condition's identity in the evaluator process."""
+
+    source: str
+    evaluator_type: str
+    time_limit_ms: int
+    memory_limit_bytes: int
+
+    def compile(self) -> Condition:
+        return compile_condition(
+            self.source,
+            self.evaluator_type,
+            time_limit_ms=self.time_limit_ms,
+            memory_limit_bytes=self.memory_limit_bytes,
+        )
+
+
+@dataclass(slots=True)
+class ConditionJob:
+    """One condition to evaluate on one serialised message; `verdict` is filled in by whoever
+    runs it: True or False, or the ConditionError that dead-letters the message. `handler` and
+    `origin` (anything with topic, partition and offset: the record) say which it is, for the
+    log when it crashes or stalls its evaluator; `label` is formatted only then."""
+
+    spec: ConditionSpec
+    message_json: str
+    meta_json: str | None
+    handler: str = ""
+    origin: Any = None
+    verdict: bool | ConditionError | None = None
+
+    @property
+    def label(self) -> str:
+        origin = self.origin
+        if origin is None:
+            return f"handler {self.handler!r}"
+        where = f"{origin.topic}/{origin.partition}@{origin.offset}"
+        return f"handler {self.handler!r} on {where}"
+
+
 class Condition(ABC):
     """A compiled condition. Build with `compile_condition`; call `evaluate` per message."""
+
+    #: True when evaluating runs handler authors' JavaScript, which the worker runs in its
+    #: evaluator process (`agents.evaluator_process`) through `job`, not in-process.
+    isolated = False
 
     def __init__(self, expression: str | None, evaluator_type: str) -> None:
         self.expression = expression
@@ -635,6 +689,11 @@ class Condition(ABC):
         Raises only ConditionError: the condition threw, ran out of time or memory, or the
         message cannot be given to it.
         """
+
+    def evaluate_json(self, message_json: str, meta_json: str | None) -> bool:
+        """`evaluate` on a message given as JSON (as `job` serialises it)."""
+        meta = json.loads(meta_json) if meta_json is not None else None
+        return self.evaluate(json.loads(message_json), meta)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.evaluator_type!r}, {self.expression!r})"
@@ -692,6 +751,8 @@ def _as_expression(source: str) -> str:
 class _Script(Condition):
     """A javascript/graaljs condition in its own QuickJS context."""
 
+    isolated = True
+
     def __init__(
         self, source: str, evaluator_type: str, time_limit_ms: int, memory_limit_bytes: int
     ) -> None:
@@ -701,7 +762,12 @@ class _Script(Condition):
         self._memory_limit_bytes = memory_limit_bytes
         # When the source never names `_kafka`, the metadata is not serialised and parsed (~3 µs).
         self._uses_meta = META_NAME in source
-        self._run = self._build()
+        self._spec = ConditionSpec(source, evaluator_type, time_limit_ms, memory_limit_bytes)
+        # Compiled here to refuse bad syntax at configuration time, then let go: a context is
+        # ~130 KB, and a worker evaluates in its evaluator process, not here. Built again on
+        # first use (`evaluate_json`), and after QuickJS gave up.
+        self._build()
+        self._run: Any = None
 
     def _build(self) -> Any:
         """A fresh context holding the compiled condition; raises ConditionError on bad syntax."""
@@ -716,14 +782,35 @@ class _Script(Condition):
             what = where if where is not None else f": {_first_line(exc)}"
             raise ConditionError(f"condition {self._source!r} does not parse {what}") from None
 
+    @property
+    def spec(self) -> ConditionSpec:
+        return self._spec
+
+    def job(
+        self, message: Any, meta: Mapping[str, Any] | None, handler: str = "", origin: Any = None
+    ) -> ConditionJob:
+        """The evaluation of this condition on `message`, to run elsewhere (the evaluator
+        process, `streams.evaluator`, or `handlers.judge_here`). Raises ConditionError when the
+        message cannot be given to the condition, as `evaluate` does."""
+        message_json, meta_json = self._serialise(message, meta)
+        return ConditionJob(self._spec, message_json, meta_json, handler, origin)
+
     def evaluate(self, message: Any, meta: Mapping[str, Any] | None = None) -> bool:
         message_json, meta_json = self._serialise(message, meta)
+        return self.evaluate_json(message_json, meta_json)
+
+    def evaluate_json(self, message_json: str, meta_json: str | None) -> bool:
+        """`evaluate` on a message already serialised (`_serialise`): what the evaluator
+        process runs."""
         try:
-            return self._run(message_json, meta_json) is True
+            run = self._run
+            if run is None:
+                run = self._run = self._build()
+            return run(message_json, meta_json) is True
         except quickjs.JSException as exc:
             raise self._failure(exc) from None
         except Exception as exc:  # anything unexpected from the binding: start afresh
-            self._run = self._build()
+            self._run = None
             raise ConditionError(f"condition failed: {type(exc).__name__}: {exc}") from None
 
     def _serialise(self, message: Any, meta: Mapping[str, Any] | None) -> tuple[str, str | None]:
@@ -739,23 +826,23 @@ class _Script(Condition):
         text = str(exc)
         first = _first_line(exc)
         if first == "InternalError: interrupted":
-            self._run = self._build()
+            self._run = None
             return ConditionError(f"condition timed out after {self._time_limit_ms} ms")
         if "out of memory" in text:
-            self._run = self._build()
+            self._run = None
             return ConditionError(
                 f"condition exceeded its memory limit of {self._memory_limit_bytes} bytes"
             )
         # When QuickJS cannot even allocate the error, the binding reports a bare "null" with no
         # stack, exactly what `throw null` gives: the two cannot be told apart, so say both.
         if "\n" not in text.strip() or text.startswith("(Failed obtaining"):
-            self._run = self._build()
+            self._run = None
             return ConditionError(
                 f"condition threw {first} or exceeded its memory limit of "
                 f"{self._memory_limit_bytes} bytes"
             )
         if first.startswith("InternalError"):  # stack overflow and the like: be safe
-            self._run = self._build()
+            self._run = None
         return ConditionError(f"condition threw: {first}")
 
 

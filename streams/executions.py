@@ -1,8 +1,11 @@
 """Execution records: one per action of a matched message, as Conductor keeps them.
 
-`{id, messageId, handler, event, action, status, attempts, error, result, payload, at}` with
-status COMPLETED, FAILED, SKIPPED or DEAD_LETTERED. `id` is the delivery id (the same value
+`{id, messageId, handler, event, action, status, attempts, error, result, payload, at, source}`
+with status COMPLETED, FAILED, SKIPPED or DEAD_LETTERED. `id` is the delivery id (the same value
 sent as `Idempotency-Key`). Payloads are redacted: no integration keys or other secrets.
+`source` is where the action's message came from (`integration`, `topic`, `partition`,
+`offset`, `timestamp`), so the execution history (streams.history) finds every record of one
+source record; `messageId` is the same coordinates as one text.
 
 `to_bytes` is where a record leaves the process, so it is where secrets are scrubbed by value
 (`streams.secrets`): an error that quotes a receiver's answer echoing the request
@@ -51,6 +54,19 @@ def record(
         "result": result,
         "payload": redacted_payload,
         "at": int(time.time() * 1000),
+        "source": _source(request),
+    }
+
+
+def _source(request: ActionRequest) -> dict[str, Any]:
+    """The source record's coordinates, without its key and headers (the request has them)."""
+    source = request.source
+    return {
+        "integration": request.integration,
+        "topic": source.get("topic"),
+        "partition": source.get("partition"),
+        "offset": source.get("offset"),
+        "timestamp": source.get("timestamp"),
     }
 
 

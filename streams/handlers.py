@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from streams.actions import registry
 from streams.actions.base import ActionRequest, Renderer
-from streams.conditions import Condition, compile_condition
+from streams.conditions import Condition, ConditionJob, compile_condition
 from streams.config.messages import error_message
 from streams.config.models import Action, EventHandler, HeraldConfig, Target
 from streams.deadletter import DeadLetter, for_envelope
@@ -265,21 +265,87 @@ class _Message:
         return self.expanded() if action.expand_inline_json else self.value
 
 
-def evaluate(handlers: Iterable[CompiledHandler], envelope: Envelope) -> Evaluation:
-    """Run every handler against one message. Never raises for bad data."""
-    result = Evaluation()
+@dataclass(slots=True)
+class Prepared:
+    """One message's handlers, with their JavaScript conditions still to run.
+
+    The source stage evaluates in two steps so that a fetched batch's JavaScript conditions
+    go to the evaluator process (`agents.evaluator_process`) in one round trip: `prepare`
+    each record (decode, expand, serialise what each condition needs into a `ConditionJob`),
+    have every job judged at once, then `finish` each record. `verdicts` holds, per handler,
+    True for an empty condition, None for one evaluated in `finish` (value-param, cheap and
+    Herald's own code), the job of a JavaScript condition, or the error that dead-letters it.
+    """
+
+    handlers: list[CompiledHandler]
+    envelope: Envelope
+    meta: dict[str, Any]
+    message: _Message
+    verdicts: list[bool | ConditionJob | ConditionError | TemplateError | None]
+
+    @property
+    def jobs(self) -> list[ConditionJob]:
+        return [v for v in self.verdicts if isinstance(v, ConditionJob)]
+
+
+def prepare(handlers: Sequence[CompiledHandler], envelope: Envelope) -> Prepared:
+    """Step one of `evaluate`: everything but running the JavaScript conditions."""
     meta = envelope.meta()
     message = _Message(envelope.value)
+    verdicts: list[bool | ConditionJob | ConditionError | TemplateError | None] = []
     for handler in handlers:
         condition = handler.condition
+        if condition.always_true:
+            verdicts.append(True)
+        elif not condition.isolated:
+            verdicts.append(None)
+        else:
+            try:
+                verdicts.append(condition.job(message.expanded(), meta, handler.name, envelope))
+            except (ConditionError, TemplateError) as exc:
+                verdicts.append(exc)
+    return Prepared(list(handlers), envelope, meta, message, verdicts)
+
+
+def judge_here(jobs: Iterable[tuple[Condition, ConditionJob]]) -> None:
+    """Run jobs in this process: for callers without an evaluator process (`herald replay`,
+    `herald audit`, tests), which run the operator's own command, not a worker."""
+    for condition, job in jobs:
         try:
-            matched = condition.always_true or condition.evaluate(message.expanded(), meta)
-        except (ConditionError, TemplateError) as exc:
+            job.verdict = condition.evaluate_json(job.message_json, job.meta_json)
+        except ConditionError as exc:
+            job.verdict = exc
+
+
+def local_jobs(prepared: Prepared) -> list[tuple[Condition, ConditionJob]]:
+    """The prepared jobs with the conditions that can run them here (`judge_here`)."""
+    return [
+        (handler.condition, verdict)
+        for handler, verdict in zip(prepared.handlers, prepared.verdicts, strict=True)
+        if isinstance(verdict, ConditionJob)
+    ]
+
+
+def finish(prepared: Prepared) -> Evaluation:
+    """Step two of `evaluate`: the conditions' verdicts in, the actions rendered."""
+    result = Evaluation()
+    envelope, meta, message = prepared.envelope, prepared.meta, prepared.message
+    for handler, verdict in zip(prepared.handlers, prepared.verdicts, strict=True):
+        if isinstance(verdict, ConditionJob):
+            verdict = verdict.verdict
+            if verdict is None:  # a caller's bug: never dead-letter as if the condition said so
+                raise RuntimeError(f"condition of handler {handler.name!r} was never judged")
+        if verdict is None:
+            try:
+                verdict = handler.condition.evaluate(message.expanded(), meta)
+            except (ConditionError, TemplateError) as exc:
+                verdict = exc
+        if isinstance(verdict, ConditionError | TemplateError):
             result.dead_letters.append(
-                for_envelope(envelope, "condition", str(exc), handler=handler.name)
+                for_envelope(envelope, "condition", str(verdict), handler=handler.name)
             )
             continue
-        if not matched:
+        if not verdict:
             result.skipped.append(handler.name)
             continue
         for action in handler.actions:
@@ -289,6 +355,16 @@ def evaluate(handlers: Iterable[CompiledHandler], envelope: Envelope) -> Evaluat
             else:
                 result.requests.append(outcome)
     return result
+
+
+def evaluate(handlers: Sequence[CompiledHandler], envelope: Envelope) -> Evaluation:
+    """Run every handler against one message, all in this process. Never raises for bad data.
+
+    A worker does not use this for its source records: it runs JavaScript conditions in its
+    evaluator process (`prepare`, then the jobs, then `finish`)."""
+    prepared = prepare(handlers, envelope)
+    judge_here(local_jobs(prepared))
+    return finish(prepared)
 
 
 def render_action(

@@ -10,7 +10,15 @@ from typing import Any, Protocol
 from streams import codecs
 from streams.deadletter import DeadLetter, for_envelope
 from streams.errors import DecodeError
-from streams.handlers import CompiledHandler, Evaluation, evaluate
+from streams.handlers import (
+    CompiledHandler,
+    Evaluation,
+    Prepared,
+    finish,
+    judge_here,
+    local_jobs,
+)
+from streams.handlers import prepare as prepare_handlers
 from streams.message import Envelope
 
 
@@ -36,13 +44,27 @@ def decode(envelope: Envelope, codec: ValueCodec | None = None) -> Envelope | De
     return envelope.decoded(value, key)
 
 
-def route(
+def prepare(
     handlers: list[CompiledHandler], envelope: Envelope, codec: ValueCodec | None = None
-) -> Evaluation:
-    """Decode once, then evaluate every handler of the record's topic."""
+) -> Prepared | Evaluation:
+    """Decode once and prepare every handler of the record's topic (`handlers.prepare`); an
+    Evaluation already when there is nothing to evaluate (no handlers, or a decode dead
+    letter)."""
     if not handlers:
         return Evaluation()
     decoded = decode(envelope, codec)
     if isinstance(decoded, DeadLetter):
         return Evaluation(dead_letters=[decoded])
-    return evaluate(handlers, decoded)
+    return prepare_handlers(handlers, decoded)
+
+
+def route(
+    handlers: list[CompiledHandler], envelope: Envelope, codec: ValueCodec | None = None
+) -> Evaluation:
+    """Decode once, then evaluate every handler of the record's topic, all in this process
+    (a worker runs the JavaScript conditions in its evaluator process instead: `prepare`)."""
+    prepared = prepare(handlers, envelope, codec)
+    if isinstance(prepared, Evaluation):
+        return prepared
+    judge_here(local_jobs(prepared))
+    return finish(prepared)

@@ -363,6 +363,18 @@ def register_admin_api(app: faust.App, runtime: Runtime, settings: AdminApi) -> 
 
             return await answer(self, remove)(request)
 
+    # -- dry run of handlers (agents.admin.dryrun) ---------------------------------------
+
+    @app.page("/api/herald/try")
+    class TryHandlers(View):
+        async def post(self, request: Request) -> Response:
+            async def dry_run(request: Request, caller: Caller) -> dict[str, Any]:
+                from agents.admin import dryrun  # it imports this module's Admin and ApiError
+
+                return await dryrun.answer(admin, caller, await admin.body(request))
+
+            return await answer(self, dry_run)(request)
+
     # -- applications and access keys (Orkes) --------------------------------------------
 
     @app.page("/api/applications")
@@ -684,6 +696,13 @@ def register_admin_api(app: faust.App, runtime: Runtime, settings: AdminApi) -> 
                 return store.state().permissions_on(target_type, target_id)
 
             return await answer(self, listing)(request)
+
+    # -- the execution history (agents.admin.history_api) --------------------------------
+
+    if runtime.history is not None:
+        from agents.admin.history_api import register_history_api
+
+        register_history_api(app, admin, runtime.history, answer, ApiError)
 
     return admin
 

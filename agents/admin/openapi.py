@@ -360,6 +360,293 @@ def document() -> dict[str, Any]:
             "get": _op("Who holds which access on a target", _json(_ref("Permissions")), 400, 403),
         },
     }
+    # The dry run of handlers (agents.admin.dryrun, streams.dryrun), in one place.
+    from streams.deadletter import STAGES
+
+    text, nullable_text = {"type": "string"}, {"type": "string", "nullable": True}
+    text_map = {"type": "object", "additionalProperties": {"type": "string"}}
+    letter = {
+        "type": "object",
+        "description": "the dead letter the worker would write: its stage and reason",
+        "required": ["stage", "reason"],
+        "properties": {"stage": {"enum": list(STAGES)}, "reason": text},
+    }
+    schemas.update(
+        {
+            "DryRunRequest": {
+                "type": "object",
+                "description": "a handler by name, or a topic (of the home integration unless "
+                "integration is given); the message as it would arrive",
+                "required": ["message"],
+                "additionalProperties": False,
+                "properties": {
+                    "handler": text,
+                    "topic": text,
+                    "integration": text,
+                    "message": {
+                        "description": "the record's value: a JSON value (sent as its JSON "
+                        "text), a string (the record's text) or null (a tombstone)",
+                        "nullable": True,
+                    },
+                    "key": nullable_text,
+                    "headers": text_map,
+                    "partition": {"type": "integer", "minimum": 0},
+                    "offset": {"type": "integer", "minimum": 0},
+                    "timestamp": {"type": "integer", "minimum": 0, "nullable": True},
+                },
+            },
+            "DryRunLetter": letter,
+            "DryRunHttpRequest": {
+                "type": "object",
+                "description": "an HTTP request as it would be sent, secrets masked (***)",
+                "required": ["method", "url", "headers", "body"],
+                "properties": {
+                    "method": text,
+                    "url": text,
+                    "headers": text_map,
+                    "body": {"description": "JSON when sent as JSON, else text", "nullable": True},
+                },
+            },
+            "DryRunRecord": {
+                "type": "object",
+                "description": "the record a publish would produce",
+                "required": ["integration", "topic", "key", "headers", "format", "value"],
+                "properties": {
+                    "integration": text,
+                    "topic": text,
+                    "key": nullable_text,
+                    "headers": text_map,
+                    "format": {"enum": ["text", "json"]},
+                    "value": {"nullable": True},
+                    "avro": {"type": "object"},
+                },
+            },
+            "DryRunAction": {
+                "type": "object",
+                "required": ["index", "action"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "action": text,
+                    "target": nullable_text,
+                    "deliveryId": text,
+                    "orderingKey": text,
+                    "dedupe": {
+                        "type": "object",
+                        "nullable": True,
+                        "properties": {"key": text, "windowSeconds": {"type": "number"}},
+                    },
+                    "payload": {"type": "object", "description": "the action request's payload"},
+                    "requests": _array("DryRunHttpRequest"),
+                    "publish": _ref("DryRunRecord"),
+                    "incomplete": text,
+                    "deadLetter": _ref("DryRunLetter"),
+                },
+            },
+            "DryRunHandler": {
+                "type": "object",
+                "required": ["name", "integration", "topic", "active", "matched", "actions"],
+                "properties": {
+                    "name": text,
+                    "integration": text,
+                    "topic": text,
+                    "active": {"type": "boolean"},
+                    "matched": {
+                        "type": "boolean",
+                        "nullable": True,
+                        "description": "the condition's result; null: not evaluated",
+                    },
+                    "deadLetter": _ref("DryRunLetter"),
+                    "actions": _array("DryRunAction"),
+                },
+            },
+            "DryRun": {
+                "type": "object",
+                "required": ["delivered", "message", "handlers"],
+                "properties": {
+                    "delivered": {"type": "boolean", "enum": [False]},
+                    "message": {
+                        "type": "object",
+                        "description": "the record as _kafka shows it, and its decoded value",
+                        "required": ["topic", "partition", "offset", "integration", "messageId"],
+                        "properties": {
+                            "key": nullable_text,
+                            "headers": text_map,
+                            "topic": text,
+                            "partition": {"type": "integer"},
+                            "offset": {"type": "integer"},
+                            "timestamp": {"type": "integer", "nullable": True},
+                            "integration": text,
+                            "messageId": text,
+                            "value": {"nullable": True},
+                        },
+                    },
+                    "deadLetter": _ref("DryRunLetter"),
+                    "handlers": _array("DryRunHandler"),
+                },
+            },
+        }
+    )
+    paths["/api/herald/try"] = {
+        "post": _op(
+            "Dry run: what handlers would do with a message, nothing delivered (READ on each)",
+            _json(_ref("DryRun")),
+            403,
+            404,
+            body=_ref("DryRunRequest"),
+        )
+    }
+    # The execution history (agents.admin.history_api, streams.history), in one place.
+    from streams.deadletter import STAGES as LETTER_STAGES
+    from streams.history import STATUSES
+
+    def maybe(schema: dict[str, Any]) -> dict[str, Any]:
+        return {**schema, "nullable": True}
+
+    def query(name: str, schema: dict[str, Any], about: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "schema": schema, "description": about}
+
+    ms = {"type": "integer", "minimum": 0}
+    since = query("from", ms, "the earliest `created` (ms since the epoch)")
+    until = query("to", ms, "the latest `created` (ms since the epoch)")
+    limit = query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "default 100")
+    schemas.update(
+        {
+            "EventExecution": {
+                "type": "object",
+                "description": "Conductor's EventExecution (id, messageId, name: the handler, "
+                "event, created, status, action, output) with Herald's fields; kind "
+                "deadLetter: a dead letter (stage, reason) instead of an execution record",
+                "required": ["id", "created", "status", "kind", "output"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "messageId": maybe({"type": "string"}),
+                    "name": maybe({"type": "string"}),
+                    "event": maybe({"type": "string"}),
+                    "created": {"type": "integer"},
+                    "status": {"enum": list(STATUSES)},
+                    "action": maybe({"type": "string"}),
+                    "output": {"type": "object"},
+                    "kind": {"enum": ["execution", "deadLetter"]},
+                    "actionIndex": maybe({"type": "integer"}),
+                    "attempts": {"type": "integer"},
+                    "error": maybe({"type": "string"}),
+                    "reason": maybe({"type": "string"}),
+                    "result": {"description": "the action's result (any JSON)"},
+                    "stage": {"enum": list(LETTER_STAGES)},
+                    "deliveryId": maybe({"type": "string"}),
+                    "valueMissing": maybe({"type": "string"}),
+                    "source": maybe(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "integration": maybe({"type": "string"}),
+                                "topic": maybe({"type": "string"}),
+                                "partition": maybe({"type": "integer"}),
+                                "offset": maybe({"type": "integer"}),
+                                "timestamp": maybe({"type": "integer"}),
+                                "endOffset": {"type": "integer"},
+                            },
+                        }
+                    ),
+                },
+            },
+            "HandlerHistory": {
+                "type": "object",
+                "required": ["name", "executions", "deadLetters", "outcome", "counts"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "event": maybe({"type": "string"}),
+                    "current": {"type": "boolean"},
+                    "active": {"type": "boolean"},
+                    "executions": _array("EventExecution"),
+                    "deadLetters": _array("EventExecution"),
+                    "outcome": {"type": "string"},
+                    "counts": {
+                        "type": "object",
+                        "description": "this worker's counts of the handler since it started",
+                        "properties": {
+                            "matched": maybe({"type": "integer"}),
+                            "conditionFalse": maybe({"type": "integer"}),
+                            "scope": {"type": "string"},
+                        },
+                    },
+                },
+            },
+            "SourceHistory": {
+                "type": "object",
+                "required": [
+                    "messageId",
+                    "integration",
+                    "topic",
+                    "partition",
+                    "offset",
+                    "handlers",
+                    "deadLetters",
+                ],
+                "properties": {
+                    "messageId": {"type": "string"},
+                    "integration": {"type": "string"},
+                    "topic": {"type": "string"},
+                    "partition": {"type": "integer"},
+                    "offset": {"type": "integer"},
+                    "handlers": _array("HandlerHistory"),
+                    "deadLetters": _array("EventExecution"),
+                },
+            },
+            "AuditRecord": {
+                "type": "object",
+                "required": ["id", "at", "user", "operation", "target"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "at": {"type": "integer"},
+                    "user": {"type": "string"},
+                    "keyId": maybe({"type": "string"}),
+                    "operation": {"type": "string"},
+                    "target": {"type": "object"},
+                    "before": {"description": "the state before, secrets masked"},
+                    "after": {"description": "the state after, secrets masked"},
+                },
+            },
+        }
+    )
+    text = {"type": "string"}
+    paths["/api/event/execution"] = {
+        "get": _op(
+            "Execution records and dead letters of the handlers the caller may read, newest first",
+            _json(_array("EventExecution")),
+            400,
+            params=[
+                query("handler", text, "the handler's name"),
+                query("status", {"enum": list(STATUSES)}, "the status"),
+                since,
+                until,
+                limit,
+            ],
+        )
+    }
+    paths["/api/event/execution/source"] = {
+        "get": _op(
+            "What happened to one source record, handler by handler",
+            _json(_ref("SourceHistory")),
+            400,
+            params=[
+                query("integration", text, "default: the home integration"),
+                query("topic", text, "with partition and offset"),
+                query("partition", ms, "the record's partition"),
+                query("offset", ms, "the record's offset"),
+                query("messageId", text, "<integration>/<topic>/<partition>/<offset>"),
+            ],
+        )
+    }
+    paths["/api/audit"] = {
+        "get": _op(
+            "The admin API's audit records, newest first (the ADMIN role)",
+            _json(_array("AuditRecord")),
+            400,
+            403,
+            params=[since, until, limit],
+        )
+    }
     return {
         "openapi": "3.0.3",
         "info": {

@@ -98,7 +98,7 @@ class Delivery:
         ctx = self._context()
 
         def on_retry(attempt: int, error: DeliveryError, delay: float) -> None:
-            self._counters.retries += 1
+            self._counters.count_retry(request)  # the total, by label, the target as down
             log.warning(
                 "%s %s attempt %d failed (%s); retrying in %.2fs",
                 request.action,

@@ -69,7 +69,7 @@ class SinkLetters:
             attempts,
             reason,
         )
-        self._counters.dead_lettered += 1
+        self._counters.count_dead_letter(letter.integration, letter.stage)
 
     async def unreadable(self, record: Any, reason: str) -> None:
         """Dead-letter an action record that is not an action request at all."""
@@ -88,6 +88,7 @@ class SinkLetters:
             failedAt=int(time.time() * 1000),
         )
         await self._publish(letter)
+        self._counters.count_dead_letter(letter.integration, letter.stage)
 
     async def close(self) -> None:
         await self._reader.close()

@@ -21,6 +21,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from agents.batches import BatchChannel, RecordEvent
+from agents.counters import DEDUPE_WINDOW, DELIVERED, DUPLICATE, FAILED
 from agents.runtime import Runtime
 from agents.sink.dedupe import ALREADY_DELIVERED, Dedupe
 from agents.sink.delivery import Delivery, ExecutionLog
@@ -128,19 +129,31 @@ class SinkRunner:
         if repeat is not None:
             if repeat.reason == ALREADY_DELIVERED:
                 self.counters.skipped_duplicates += 1
+                self.counters.count_delivery(request, DUPLICATE)
+            else:
+                self.counters.count_delivery(request, DEDUPE_WINDOW)
             await self.executions.write(request, executions.SKIPPED, reason=repeat.reason)
             return repeat.durable
         action = self._deliveries(request.action)
         if action is None:
             await self._dead_letter(request, f"unknown action {request.action!r}", attempts=0)
             return None
+        started = time.monotonic()
         outcome = await self.delivery.attempt(request, action)
+        # How long, and whether the target answered (for /metrics, agents.counters).
+        self.counters.observe_delivery(
+            request,
+            DELIVERED if outcome.ok else FAILED,
+            time.monotonic() - started,
+            outcome.ok or (outcome.error is not None and not outcome.error.retryable),
+        )
         if outcome.ok:
             # The record is finished only once the mark is durable: a record redelivered
             # after a crash is then either undelivered or skipped, except the ones in flight
             # at the crash.
             durable = self.dedupe.mark(request, int(time.time() * 1000))
             self.counters.delivered += 1
+            self.counters.count_delivery(request, DELIVERED)
             await self.executions.write(
                 request, executions.COMPLETED, attempts=outcome.attempts, result=outcome.result
             )
@@ -150,6 +163,7 @@ class SinkRunner:
 
     async def _dead_letter(self, request: ActionRequest, reason: str, *, attempts: int) -> None:
         await self.letters.delivery_failed(request, reason, attempts)
+        self.counters.count_delivery(request, FAILED)
         await self.executions.write(
             request, executions.DEAD_LETTERED, attempts=attempts, error=reason
         )

@@ -417,7 +417,12 @@ class HeraldSettings(Strict):
     conditionMemoryLimitMb: int = Field(default=16, ge=1)
     dataDir: str = "./herald-data"
     webPort: int = Field(default=6066, ge=0, le=65535)
+    # How long execution records are kept: the executions topic's retention.ms, and the age
+    # past which the execution history (agents.history) forgets a record.
     executionRetentionSeconds: float = Field(default=7 * 24 * 3600, gt=0)
+    # The most records (executions, dead letters, audit records) each worker's execution
+    # history keeps in memory, about 1 KiB each; the oldest go first (streams.history).
+    executionHistoryMaxRecords: int = Field(default=100_000, ge=100, le=10_000_000)
     replicationFactor: int = Field(default=1, ge=1)  # of Herald's internal topics
     commitIntervalSeconds: float = Field(default=1.0, gt=0)
     sessionTimeoutSeconds: float = Field(default=10.0, gt=0)  # consumer group session timeout

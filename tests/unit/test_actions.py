@@ -498,5 +498,12 @@ def test_execution_record_carries_identity_and_redacted_payload(receiver: Receiv
             "path": "/api/events",
             "body": {"integrationKey": "***", "eventType": "ALERT", "summary": "s"},
         },
+        "source": {  # for the execution history (streams.history)
+            "integration": "local",
+            "topic": "alarms",
+            "partition": 2,
+            "offset": 99,
+            "timestamp": 1_700_000_000_000,
+        },
     }
     assert b"il1-inline" not in executions.to_bytes(rec)
