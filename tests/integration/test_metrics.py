@@ -6,6 +6,7 @@ from __future__ import annotations
 import urllib.request
 from typing import Any
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.embedded.receiver import Receiver, Reply
@@ -122,3 +123,70 @@ def test_metrics_say_what_the_worker_did(
         assert key not in text
     assert "detail-of-" not in text and "FLAKY" not in text
     assert HOOK_TOKEN not in text
+
+
+def test_another_integrations_consumer_has_its_lag_state_and_counts(
+    broker: Any, sasl_cluster: Any, receiver: Receiver, unique_topic, tmp_path, deployments
+) -> None:
+    """An integration consumed by its own consumer (agents.integration_source), here the same
+    node's SASL listener with a group of its own: its records, lag, rebalances and state are
+    on /metrics under its name, and its password is not."""
+    topic = unique_topic("other")
+    handler = {
+        "name": "other-alarms",
+        "event": f"kafka:other:{topic}",
+        "active": True,
+        "actions": [{"action": "webhook", "webhook": {"url": "other", "body": {"m": "${m}"}}}],
+    }
+    herald = deploy(
+        deployments,
+        tmp_path,
+        broker,
+        handlers=[handler],
+        targets=[webhook_target(receiver.url)],
+    )
+    other = {
+        "name": "other",
+        "consumerGroupId": f"{herald.group}-other",
+        **sasl_cluster.integration("SCRAM-SHA-512"),
+    }
+    password = other["password"]
+    herald.config["integrations"].append(other)
+    herald.config_path.write_text(yaml.safe_dump(herald.config, sort_keys=False))
+    worker = herald.start_worker()
+    produce(broker.bootstrap, topic, [{"key": k, "value": {"m": k}} for k in KEYS[:4]])
+
+    def settled() -> tuple[str, dict[str, Any]] | None:
+        text, _, families = scrape(worker.web_url)
+        lags = [
+            s
+            for s in families["herald_consumer_lag_records"].samples
+            if s.labels["integration"] == "other"
+        ]
+        delivered = value(
+            families,
+            "herald_deliveries_total",
+            handler="other-alarms",
+            action="webhook",
+            target="hooks",
+            outcome="delivered",
+        )
+        done = delivered == 4 and lags and all(s.value == 0 for s in lags)
+        return (text, families) if done else None
+
+    text, families = wait_until(settled, 90, "four deliveries from `other`, its lag 0")
+    consumed = value(families, "herald_records_consumed_total", integration="other", topic=topic)
+    assert consumed == 4
+    assert {
+        s.labels["partition"]
+        for s in families["herald_consumer_lag_records"].samples
+        if s.labels["integration"] == "other"
+    } == {"0", "1", "2"}
+    assert value(families, "herald_rebalances_total", integration="other") >= 1
+    assert value(families, "herald_integration_state", integration="other", state="consuming") == 1
+    assert value(families, "herald_integration_state", integration="other", state="error") == 0
+    e2e = "herald_end_to_end_latency_seconds_count"
+    assert value(families, e2e, integration="other", action="webhook") == 4
+    assert password not in text
+    for key in KEYS[:4]:
+        assert key not in text
