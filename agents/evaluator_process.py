@@ -99,7 +99,6 @@ class EvaluatorProcess:
         self._lock = asyncio.Lock()
         self._process: _Process | None = None
         self._keys: dict[ConditionSpec, int] = {}
-        self._specs: dict[int, ConditionSpec] = {}
         self._strikes: dict[ConditionSpec, list[str]] = {}
         self._seq = 0
         self._cell_path: str | None = None
@@ -148,9 +147,9 @@ class EvaluatorProcess:
                     await asyncio.sleep(delay)
 
     def _refused(self, job: ConditionJob) -> bool:
-        strikes = self._strikes.get(job.spec)
-        if strikes is None or len(strikes) < STRIKES:
+        if not self.quarantined(job.spec):
             return False
+        strikes = self._strikes[job.spec]
         job.verdict = ConditionError(
             f"condition is quarantined on this worker: it crashed or stalled the condition "
             f"evaluator {len(strikes)} times (last: {strikes[-1]}); its messages are "
@@ -275,7 +274,6 @@ class EvaluatorProcess:
         key = self._keys.get(spec)
         if key is None:
             key = self._keys[spec] = len(self._keys) + 1
-            self._specs[key] = spec
         return key
 
     async def _ensure(self) -> _Process:

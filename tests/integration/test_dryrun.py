@@ -30,6 +30,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from agents.embedded.receiver import Receiver
+from tests.integration.test_admin_api import token_for
 from tests.support.herald import deploy, ilert_target, webhook_target
 from tests.support.kafka import produce
 
@@ -60,12 +61,6 @@ def raw(worker: Any, method: str, path: str, body: Any = None, token: str | None
     except urllib.error.HTTPError as exc:
         text = exc.read().decode()
         return exc.code, json.loads(text) if text else None, text
-
-
-def token_for(worker: Any, key_id: str, secret: str) -> str:
-    status, body, _ = raw(worker, "POST", "/api/token", {"keyId": key_id, "keySecret": secret})
-    assert status == 200, body
-    return body["token"]
 
 
 def herald_try(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

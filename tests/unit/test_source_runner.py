@@ -195,18 +195,9 @@ def test_a_revoked_batch_is_left_to_the_partitions_next_owner(tmp_path: Path) ->
     assert run(scenario) == (0, 0)
 
 
-HOSTILE = """\
-integrations:
-  - {name: home, bootstrapServers: "127.0.0.1:9"}
-herald: {conditionMemoryLimitMb: 1, conditionTimeLimitMs: 100}
-targets:
-  - {name: hook, type: webhook, url: "http://127.0.0.1:9/hook"}
-eventHandlers:
-  - name: alarms
-    event: kafka:home:src
-    active: true
-    condition: "$.type == 'ALARM'"
-    actions: [{action: webhook, webhook: {target: hook, body: {id: "${id}"}}}]
+HOSTILE = (
+    CONFIG
+    + """\
   - name: hostile
     event: kafka:home:src
     active: true
@@ -215,7 +206,9 @@ eventHandlers:
       : $.oom ? (function () { var a = []; for (;;) a.push(new Array(100).fill(1)); })()
       : false
     actions: [{action: webhook, webhook: {target: hook, body: {id: "${id}"}}}]
+herald: {conditionMemoryLimitMb: 1, conditionTimeLimitMs: 100}
 """
+)
 #: What QuickJS does with the out-of-memory pattern depends on its heap: at some limits it
 #: crashes on its out-of-memory path (a use-after-free, SIGSEGV), at others it reports the limit.
 OOM_REASONS = ("crashed the condition evaluator (signal SIGSEGV)", "exceeded its memory limit")
