@@ -704,6 +704,14 @@ def register_admin_api(app: faust.App, runtime: Runtime, settings: AdminApi) -> 
 
         register_history_api(app, admin, runtime.history, answer, ApiError)
 
+    # -- the status page and its summary (agents.web, agents.admin.status_api) -----------
+
+    from agents.admin.status_api import register_status_api
+    from agents.web.page import register_status_page
+
+    register_status_api(app, admin, answer)
+    register_status_page(app)
+
     return admin
 
 

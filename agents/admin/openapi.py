@@ -647,6 +647,116 @@ def document() -> dict[str, Any]:
             params=[since, until, limit],
         )
     }
+    # The status page's summary (agents.admin.status_api), in one place.
+    count = {"type": "integer", "minimum": 0}
+    schemas.update(
+        {
+            "IntegrationStatus": {
+                "type": "object",
+                "required": [
+                    "name",
+                    "home",
+                    "group",
+                    "state",
+                    "lag",
+                    "lagTotal",
+                    "consumed",
+                    "deadLetters",
+                    "stalledPartitions",
+                    "unreadablePartitions",
+                ],
+                "properties": {
+                    "name": text,
+                    "home": {"type": "boolean"},
+                    "group": text,
+                    "state": {
+                        "enum": ["starting", "idle", "connecting", "consuming", "error", "inactive"]
+                    },
+                    "error": maybe(text),
+                    "lag": {
+                        "type": "array",
+                        "description": "records not done per partition assigned to this worker",
+                        "items": {
+                            "type": "object",
+                            "required": ["topic", "partition", "lag"],
+                            "properties": {"topic": text, "partition": count, "lag": count},
+                        },
+                    },
+                    "lagTotal": count,
+                    "consumed": count,
+                    "deadLetters": {
+                        "type": "object",
+                        "required": ["total", "byStage"],
+                        "properties": {
+                            "total": count,
+                            "byStage": {"type": "object", "additionalProperties": count},
+                        },
+                    },
+                    "stalledPartitions": count,
+                    "unreadablePartitions": count,
+                },
+            },
+            "HandlerStatus": {
+                "type": "object",
+                "required": [
+                    "name",
+                    "integration",
+                    "topic",
+                    "active",
+                    "matched",
+                    "conditionFalse",
+                    "produced",
+                    "delivered",
+                    "deadLettered",
+                    "retries",
+                ],
+                "properties": {
+                    "name": text,
+                    "integration": text,
+                    "topic": text,
+                    "active": {"type": "boolean"},
+                    "matched": count,
+                    "conditionFalse": count,
+                    "produced": count,
+                    "delivered": count,
+                    "deadLettered": count,
+                    "retries": count,
+                },
+            },
+            "HeraldStatus": {
+                "type": "object",
+                "description": "one worker's counts since it started (worker.id says which)",
+                "required": ["worker", "ready", "integrations", "handlers", "history"],
+                "properties": {
+                    "worker": {
+                        "type": "object",
+                        "required": ["id", "startedAt", "now"],
+                        "properties": {"id": text, "startedAt": count, "now": count},
+                    },
+                    "ready": {"type": "boolean"},
+                    "integrations": _array("IntegrationStatus"),
+                    "handlers": _array("HandlerStatus"),
+                    "history": maybe(
+                        {
+                            "type": "object",
+                            "required": ["state", "caughtUp", "records"],
+                            "properties": {
+                                "state": text,
+                                "caughtUp": {"type": "boolean"},
+                                "records": count,
+                            },
+                        }
+                    ),
+                },
+            },
+        }
+    )
+    paths["/api/herald/status"] = {
+        "get": _op(
+            "This worker's integrations, lag, dead letters and the handlers the caller may read",
+            _json(_ref("HeraldStatus")),
+        )
+    }
     return {
         "openapi": "3.0.3",
         "info": {
