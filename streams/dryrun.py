@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -423,25 +422,15 @@ def _masked_token(target: Target | None) -> None:
 
 
 def _isolated(run: Callable[[], Awaitable[T]]) -> T:
-    """`run()` on an event loop of its own, on a thread of its own, waited for. The recording
-    transports never wait, so this is as quick as building the requests."""
-    outcome: dict[str, Any] = {}
+    """`run()` on an event loop of its own, so the recording transports and token caches it
+    builds share nothing with a worker's. The caller is off any loop: a worker's API calls
+    `report` through `asyncio.to_thread` (agents.admin.dryrun), the command line has none.
+    The recording transports never wait, so this is as quick as building the requests."""
 
-    def main() -> None:
-        async def go() -> T:
-            return await run()
+    async def go() -> T:
+        return await run()
 
-        try:
-            outcome["value"] = asyncio.run(go())
-        except BaseException as exc:  # handed to the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=main, name="herald-dry-run", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    return asyncio.run(go())
 
 
 # --------------------------------------------------------------------------- masking

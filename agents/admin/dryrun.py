@@ -14,6 +14,7 @@ stall the worker either.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -46,7 +47,8 @@ async def answer(admin: Admin, caller: Caller, body: Any) -> dict[str, Any]:
     selected = _selected(admin, caller, body)
     pending = dryrun.start(selected, _message(body))
     await admin.runtime.evaluator.judge(pending.jobs)
-    return dryrun.report(pending, home=admin.home)
+    # Off the worker's loop: the report builds the requests on an event loop of its own.
+    return await asyncio.to_thread(dryrun.report, pending, home=admin.home)
 
 
 def _selected(admin: Admin, caller: Caller, body: dict[str, Any]) -> list[CompiledHandler]:

@@ -39,6 +39,7 @@ from conductor.client.orkes.orkes_authorization_client import OrkesAuthorization
 
 from agents.admin.tokens import Tokens
 from streams.config.models import AdminApi
+from tests.support.admin_calls import raw, token_for
 from tests.support.conductor_server import ConductorServer
 from tests.support.herald import FAST_RETRY, deploy, herald_check_connect
 from tests.support.kafka import consume, produce
@@ -62,29 +63,6 @@ def sdk(worker: Any, key_id: str, secret: str) -> Configuration:
         server_api_url=f"{worker.web_url}/api",
         authentication_settings=AuthenticationSettings(key_id=key_id, key_secret=secret),
     )
-
-
-def raw(
-    worker: Any, method: str, path: str, body: Any = None, token: str | None = None
-) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{worker.web_url}{path}", data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("X-Authorization", token)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            text = response.read()
-            return response.status, json.loads(text) if text else None
-    except urllib.error.HTTPError as exc:
-        text = exc.read()
-        return exc.code, json.loads(text) if text else None
-
-
-def token_for(worker: Any, key_id: str, secret: str) -> str:
-    status, body = raw(worker, "POST", "/api/token", {"keyId": key_id, "keySecret": secret})
-    assert status == 200, body
-    return body["token"]
 
 
 def orders_handler(name: str, topic: str) -> EventHandler:

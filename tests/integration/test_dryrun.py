@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from agents.embedded.receiver import Receiver
-from tests.integration.test_admin_api import token_for
+from tests.support.admin_calls import call, token_for
 from tests.support.herald import deploy, ilert_target, webhook_target
 from tests.support.kafka import produce
 
@@ -45,22 +45,6 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
-
-
-def raw(worker: Any, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-    """(status, JSON body, body text) of one call to the worker's admin API."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{worker.web_url}{path}", data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("X-Authorization", token)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            text = response.read().decode()
-            return response.status, json.loads(text) if text else None, text
-    except urllib.error.HTTPError as exc:
-        text = exc.read().decode()
-        return exc.code, json.loads(text) if text else None, text
 
 
 def herald_try(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -182,7 +166,7 @@ def test_dry_runs_from_the_cli_and_the_api_show_the_requests_and_send_nothing(
     # The API, as the administrator: the same requests as the command line's.
     admin = token_for(worker, ADMIN_KEY, ADMIN_SECRET)
     ask = {"handler": "hooked", "message": MESSAGE, "key": "M-1", "headers": {"trace": "t-77"}}
-    status, api, text = raw(worker, "POST", "/api/herald/try", ask, admin)
+    status, api, text = call(worker, "POST", "/api/herald/try", ask, admin)
     assert status == 200, api
     no_secret(text)
     api_actions = by_name(api)["hooked"]["actions"]
@@ -191,9 +175,9 @@ def test_dry_runs_from_the_cli_and_the_api_show_the_requests_and_send_nothing(
 
     # A handler put at runtime: the API runs it; the command line with --connect.
     runtime = {**ilerted, "name": "runtime-only", "event": f"kafka:local:{other}"}
-    status, body, _ = raw(worker, "POST", "/api/event", runtime, admin)
+    status, body, _ = call(worker, "POST", "/api/event", runtime, admin)
     assert status == 200, body
-    status, api, _ = raw(
+    status, api, _ = call(
         worker, "POST", "/api/herald/try", {"handler": "runtime-only", "message": MESSAGE}, admin
     )
     assert status == 200, api
@@ -205,24 +189,24 @@ def test_dry_runs_from_the_cli_and_the_api_show_the_requests_and_send_nothing(
     assert json.loads(ran.stdout)["handlers"][0]["topic"] == other
 
     # A caller without READ on a handler does not run it, nor see it.
-    status, viewer, _ = raw(worker, "POST", "/api/applications", {"name": "viewer"}, admin)
+    status, viewer, _ = call(worker, "POST", "/api/applications", {"name": "viewer"}, admin)
     assert status == 200, viewer
     keys = f"/api/applications/{viewer['id']}/accessKeys"
-    status, key, _ = raw(worker, "POST", keys, None, admin)
+    status, key, _ = call(worker, "POST", keys, None, admin)
     assert status == 200, key
     reader = token_for(worker, key["id"], key["secret"])
-    status, body, _ = raw(worker, "POST", "/api/herald/try", ask, reader)
+    status, body, _ = call(worker, "POST", "/api/herald/try", ask, reader)
     assert status == 403 and "READ on EVENT_HANDLER 'hooked'" in body["message"], body
     by_topic = {"topic": topic, "message": MESSAGE}
-    status, body, _ = raw(worker, "POST", "/api/herald/try", by_topic, reader)
+    status, body, _ = call(worker, "POST", "/api/herald/try", by_topic, reader)
     assert status == 404, body
     grant = {
         "subject": {"type": "USER", "id": f"app:{viewer['id']}"},
         "target": {"type": "EVENT_HANDLER", "id": "ilerted"},
         "access": ["READ"],
     }
-    assert raw(worker, "POST", "/api/auth/authorization", grant, admin)[0] == 200
-    status, body, _ = raw(worker, "POST", "/api/herald/try", by_topic, reader)
+    assert call(worker, "POST", "/api/auth/authorization", grant, admin)[0] == 200
+    status, body, _ = call(worker, "POST", "/api/herald/try", by_topic, reader)
     assert status == 200, body
     assert [h["name"] for h in body["handlers"]] == ["ilerted"]
 

@@ -28,8 +28,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from agents.embedded.broker import create_topics
 from agents.embedded.receiver import Reply
-from tests.integration.test_admin_api import raw, token_for
 from tests.integration.test_secrets import EchoingReceiver
+from tests.support.admin_calls import raw, token_for
 from tests.support.herald import deploy, wait_until, webhook_target
 from tests.support.kafka import produce
 

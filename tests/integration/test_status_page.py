@@ -24,9 +24,9 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from agents.embedded.receiver import Reply
-from tests.integration.test_admin_api import raw, token_for
 from tests.integration.test_history import get
 from tests.integration.test_secrets import EchoingReceiver
+from tests.support.admin_calls import raw, token_for
 from tests.support.herald import deploy, wait_until, webhook_target
 from tests.support.kafka import produce
 

@@ -459,7 +459,8 @@ def test_registered_secrets_are_masked_wherever_they_appear() -> None:
 
 
 def test_a_dry_run_inside_a_running_loop_leaves_that_loops_token_cache_alone() -> None:
-    """As the admin API runs it: in the worker's loop, whose token cache serves deliveries."""
+    """As the admin API runs it: from the worker's loop, whose token cache serves deliveries,
+    through `asyncio.to_thread` (agents.admin.dryrun)."""
     target = {
         "name": "conductor",
         "type": "conductor",
@@ -471,7 +472,7 @@ def test_a_dry_run_inside_a_running_loop_leaves_that_loops_token_cache_alone() -
     handlers = compiled(handler("flow", start), targets=[target])
 
     async def inside() -> tuple[dict[str, Any], int]:
-        report = try_one(handlers, "flow")
+        report = await asyncio.to_thread(try_one, handlers, "flow")
         return report, len(token_cache().entries)
 
     report, entries = asyncio.run(inside())
