@@ -8,7 +8,9 @@ consumer group (also its topic prefix), so no case sees another's offsets or int
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,11 @@ def settings(*, partitions: int, max_in_flight: int, tansu: bool) -> dict[str, A
     return block
 
 
+#: Set by ``python -m bench.run --status-page``: every Herald worker gets this admin key, so
+#: its status page (``/status``, agents/web) can be opened while the case runs.
+STATUS_PAGE_KEY: dict[str, str] | None = None
+
+
 def config(
     *,
     name: str,
@@ -69,10 +76,12 @@ def config(
     parallel. ``customDetails`` carries ``seq``, ``ts`` and the Kafka timestamp so the receiver
     can match each delivery to its event and time it.
     """
+    admin = {} if STATUS_PAGE_KEY is None else {"admin": dict(STATUS_PAGE_KEY)}
     return {
         "herald": {
             **settings(partitions=partitions, max_in_flight=max_in_flight, tansu=tansu),
             "topicPrefix": name,
+            **admin,
         },
         "integrations": [
             {
@@ -164,19 +173,68 @@ def missing_note(processes: list[WorkerProcess]) -> str | None:
     )
 
 
-def worker(config_path: Path, workdir: Path) -> WorkerProcess:
-    """A Herald worker on ``config_path`` with its own data directory, web port and log.
+@dataclass(frozen=True)
+class Tree:
+    """The code a case's Herald workers run: the working tree, or a worktree of a revision.
+
+    ``--before REV`` runs each Herald case once from each (bench/revision.py makes the
+    worktree). A worker started with ``cwd=root`` has ``root`` first on its ``sys.path`` and
+    ``PYTHONPATH`` (agents/embedded/worker.py), ahead of the editable install's finder (which
+    is appended to ``sys.meta_path`` and points at the repository), so the revision's own
+    ``agents`` and ``streams`` are imported.
+    """
+
+    rev: str | None = None  # short commit; None: the working tree
+    root: Path | None = None  # the worktree; None: the repository itself
+
+    @property
+    def label(self) -> str:
+        """Suffix of the measurement names and table rows: ``F@44ba04e``; none for the
+        working tree."""
+        return f"@{self.rev}" if self.rev else ""
+
+    @property
+    def slug(self) -> str:
+        """Suffix of the case's topics, group, topic prefix and directory (Kafka topic names
+        allow no ``@``): ``F-at-44ba04e``."""
+        return f"-at-{self.rev}" if self.rev else ""
+
+
+#: The working tree (the repository the benchmark runs from).
+WORKING = Tree()
+
+
+def worker(config_path: Path, workdir: Path, tree: Tree = WORKING) -> WorkerProcess:
+    """A Herald worker on ``config_path`` with its own data directory, web port and log,
+    running the code of ``tree``.
 
     Several workers may share one configuration (one consumer group): the data directory and
     web port come from the environment, which overrides the file.
     """
-    process = WorkerProcess(app_module="agents.app", workdir=workdir)
+    process = WorkerProcess(app_module="agents.app", workdir=workdir, cwd=tree.root)
     process.env.update(
         HERALD_CONFIG=str(config_path),
         HERALD_DATA_DIR=str(process.datadir),
         HERALD_WEB_PORT=str(process.web_port),
     )
+    if STATUS_PAGE_KEY is not None:
+        print(
+            f"  status page of {workdir.name}: {process.web_url}/status "
+            f"(key {STATUS_PAGE_KEY['keyId']}, secret {STATUS_PAGE_KEY['keySecret']})",
+            flush=True,
+        )
     return process
+
+
+def process_cwd(process: WorkerProcess) -> str | None:
+    """The running worker's working directory, from /proc: the tree whose packages come first
+    on its path (None once it exited)."""
+    if process.pid is None or not process.running:
+        return None
+    try:
+        return os.readlink(f"/proc/{process.pid}/cwd")
+    except OSError:
+        return None
 
 
 def stats(process: WorkerProcess) -> dict[str, Any] | None:

@@ -2,6 +2,10 @@
 
 The goals are the performance issue's; a row whose Herald case did not run is left out, a
 baseline that did not run shows ``-`` (and a goal that needs it is not judged).
+
+With ``--before REV`` each Herald case also ran from REV: its row (``F@44ba04e``, against the
+same baseline) comes right before the working tree's, and the table gets a column
+``before -> after``: on the working tree's row, its headline figure / REV's.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ A20_GOAL_X = 20.0  # Herald / sequential sender
 L_GOAL_P99_MS = 50.0
 L_GOAL_OVER_1S = 0
 S_GOAL_X = 1.8  # 2 workers / 1 worker
-M_GOAL_RSS_MB = 300.0
-M_GOAL_RESTART_S = 10.0
+M_GOAL_RSS_MB = 500.0  # at 10 million dedupe keys (issue 16)
+M_GOAL_RESTART_S = 5.0
 
 Results = dict[str, Measurement]
 
@@ -33,6 +37,9 @@ class Row:
     goal: str
     met: str  # yes / no / - (not judged)
     ratio_value: float | None = None
+    #: With --before, on the working tree's row of a pair: its figure / the revision's.
+    change: str = ""
+    change_value: float | None = None
 
     def cells(self) -> tuple[str, ...]:
         return (self.workload, self.herald, self.baseline, self.ratio, self.goal, self.met)
@@ -77,11 +84,11 @@ def _rate(m: Measurement) -> str:
 # ---------------------------------------------------------------------------- rows
 
 
-def _row_f(r: Results) -> Row:
-    f, floor = r["F"], r.get("floor")
+def _row_f(r: Results, b: str = "") -> Row:
+    f, floor = r["F" + b], r.get("floor")
     x = _ratio(f, floor)
     return Row(
-        "F",
+        "F" + b,
         _figure(f, _rate),
         _figure(floor, _rate, "bare Faust "),
         _x(x),
@@ -91,7 +98,7 @@ def _row_f(r: Results) -> Row:
     )
 
 
-def _row_f_confluent(r: Results) -> Row:
+def _row_f_confluent(r: Results, b: str = "") -> Row:
     f, loop = r["F"], r.get("F-confluent")
     x = _ratio(f, loop)
     return Row(
@@ -105,8 +112,8 @@ def _row_f_confluent(r: Results) -> Row:
     )
 
 
-def _row_a(r: Results, case: str) -> Row:
-    a, seq = r[case], r.get(f"{case}-sequential")
+def _row_a(r: Results, case: str, b: str = "") -> Row:
+    a, seq = r[case + b], r.get(f"{case}-sequential")
     x = _ratio(a, seq)
     if case == "A0":
         goal, ok = f">= {A0_GOAL:,.0f}/s", None if a.value is None else a.value >= A0_GOAL
@@ -114,7 +121,7 @@ def _row_a(r: Results, case: str) -> Row:
         goal, ok = f">= {A20_GOAL_X:g}x", None if x is None else x >= A20_GOAL_X
     delay = a.details.get("receiver_delay_ms", 0)
     return Row(
-        case,
+        case + b,
         _figure(a, _rate),
         _figure(seq, lambda m: f"{_num(m.value)}/s", f"sequential ({delay:g} ms) "),
         _x(x),
@@ -131,15 +138,15 @@ def _latency_text(m: Measurement) -> str:
     )
 
 
-def _row_l(r: Results) -> Row:
-    lat, hop = r["L"], r.get("L-broker-hop")
+def _row_l(r: Results, b: str = "") -> Row:
+    lat, hop = r["L" + b], r.get("L-broker-hop" + b)
     d = lat.details
     ok = None
     if lat.value is not None:
         ok = lat.value <= L_GOAL_P99_MS and d.get("over_1s") == L_GOAL_OVER_1S
         ok = ok and not d.get("missing")
     return Row(
-        "L",
+        "L" + b,
         _figure(lat, _latency_text),
         _figure(hop, lambda m: f"p99 {_num(m.value, 'ms')}", "broker alone, 1 hop "),
         "-",
@@ -148,12 +155,12 @@ def _row_l(r: Results) -> Row:
     )
 
 
-def _row_s(r: Results) -> Row:
-    two = r["S-2"]
-    one = r.get(two.details.get("one_worker_case", "F"))
+def _row_s(r: Results, b: str = "") -> Row:
+    two = r["S-2" + b]
+    one = r.get(two.details.get("one_worker_case", "F" + b))
     x = _ratio(two, one)
     return Row(
-        "S",
+        "S" + b,
         _figure(two, _rate, "2 workers "),
         _figure(one, _rate, "1 worker "),
         _x(x),
@@ -170,15 +177,15 @@ def _memory_text(m: Measurement) -> str:
     return f"RSS {_num(first)}/{_num(again)} MB, restart {_num(restart_s, 's', '.1f')}"
 
 
-def _row_m(r: Results) -> Row:
-    mem = r["M"]
+def _row_m(r: Results, b: str = "") -> Row:
+    mem = r["M" + b]
     empty = mem.details.get("empty_table") or {}
     restart = mem.details.get("restart_ready_s")
     ok = None
     if mem.value is not None and restart is not None:
         ok = mem.value < M_GOAL_RSS_MB and restart < M_GOAL_RESTART_S
     return Row(
-        "M",
+        "M" + b,
         _figure(mem, _memory_text),
         f"empty table {_num(empty.get('rss_mb'), 'MB')}" if empty else "-",
         "-",
@@ -187,28 +194,48 @@ def _row_m(r: Results) -> Row:
     )
 
 
-def rows(results: Results) -> list[Row]:
-    """The table rows of the workloads whose Herald case ran, in the issue's order."""
+#: Each workload's row builder and the measurement that is its headline figure, in the
+#: issue's order.
+_WORKLOADS: tuple[tuple[str, Callable[[Results, str], Row]], ...] = (
+    ("F", _row_f),
+    ("A0", lambda r, b: _row_a(r, "A0", b)),
+    ("A20", lambda r, b: _row_a(r, "A20", b)),
+    ("L", _row_l),
+    ("S-2", _row_s),
+    ("M", _row_m),
+)
+
+
+def rows(results: Results, before: str | None = None) -> list[Row]:
+    """The table rows of the workloads whose Herald case ran, in the issue's order.
+
+    ``before`` is the label of ``--before``'s revision (``@44ba04e``): a workload measured
+    from it gets its row right before the working tree's, and the working tree's row the
+    before -> after ratio of their headline figures (after / before).
+    """
     out: list[Row] = []
-    if "F" in results:
-        out.append(_row_f(results))
-        if "F-confluent" in results:
-            out.append(_row_f_confluent(results))
-    for case in ("A0", "A20"):
-        if case in results:
-            out.append(_row_a(results, case))
-    if "L" in results:
-        out.append(_row_l(results))
-    if "S-2" in results:
-        out.append(_row_s(results))
-    if "M" in results:
-        out.append(_row_m(results))
+    for name, build in _WORKLOADS:
+        earlier = results.get(name + before) if before else None
+        if earlier is not None:
+            out.append(build(results, before or ""))
+        if name in results:
+            row = build(results, "")
+            if earlier is not None:
+                row.change_value = _ratio(results[name], earlier)
+                row.change = _x(row.change_value)
+            out.append(row)
+            if name == "F" and "F-confluent" in results:
+                out.append(_row_f_confluent(results))
     return out
 
 
 def table(table_rows: list[Row]) -> str:
-    header = ("workload", "Herald", "baseline", "ratio", "goal", "met")
+    """The rows as aligned text; the before -> after column only when a row has a pair."""
+    header: tuple[str, ...] = ("workload", "Herald", "baseline", "ratio", "goal", "met")
     cells = [r.cells() for r in table_rows]
+    if any(r.change for r in table_rows):
+        header += ("before -> after",)
+        cells = [c + (r.change,) for c, r in zip(cells, table_rows, strict=True)]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
 
     def join(line: tuple[str, ...]) -> str:
@@ -305,10 +332,11 @@ def _memory_lines(d: dict[str, Any]) -> list[str]:
 def render(results: Results, machine: dict[str, Any], settings: dict[str, Any]) -> str:
     """The whole printed report: header, table, notes, and how each figure was measured."""
     herald = settings.get("herald", {})
+    before = settings.get("before")
     lines = [
         "Herald benchmark",
         "",
-        table(rows(results)),
+        table(rows(results, before["label"] if before else None)),
         "",
         "notes:",
         f"  machine: {machine['cpu']}, {machine['nproc']} cores; Python {machine['python']}; "
@@ -327,6 +355,7 @@ def render(results: Results, machine: dict[str, Any], settings: dict[str, Any]) 
         f"{herald.get('commitIntervalSeconds')}",
         f"  load:    {machine['loadavg_at_start']} (1/5/15 min) at start, {loadavg()} at the end; "
         "anything else running on the machine lowers the figures",
+        *_before_lines(before),
         "",
         "how each figure is measured:",
     ]
@@ -341,6 +370,35 @@ def render(results: Results, machine: dict[str, Any], settings: dict[str, Any]) 
             lines.append(f"      ERROR: {m.error}")
     lines += ["", _closing(settings.get("broker", "tansu"))]
     return "\n".join(lines)
+
+
+def _clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters at a word, with an ellipsis when it was cut."""
+    if len(text) <= width:
+        return text
+    return text[:width].rsplit(" ", 1)[0] + " ..."
+
+
+def _before_lines(before: dict[str, Any] | None) -> list[str]:
+    """The notes on ``--before``: the revision, where its workers ran from, the order of each
+    pair, and which way the before -> after ratio is better."""
+    if not before:
+        return []
+    order = "; ".join(
+        f"{case}: {' then '.join(names)}" for case, names in before.get("order", {}).items()
+    )
+    lines = [
+        f"  before:  {before['label']} = {before['commit']} ({_clip(before['subject'], 80)}), its "
+        f"workers started from a git worktree ({before.get('worktree', '-')}); same broker, "
+        "same topics and baselines",
+        f"           order of each pair (the first of a pair alternates): {order or '-'}",
+        "           before -> after = the working tree's figure / the revision's: above 1 is "
+        "faster for msg/s and deliveries/s, below 1 is better for L (p99 ms) and M (RSS MB)",
+    ]
+    imports = before.get("imports") or {}
+    for side, roots in imports.items():
+        lines.append(f"           {side} workers import agents from {roots.get('agents')}")
+    return lines
 
 
 def _closing(broker: str) -> str:

@@ -17,6 +17,7 @@ from agents.embedded.broker import create_topics, run_sync
 from bench import workload
 from bench.broker import BenchBroker
 from bench.harness import CpuSampler, Measurement
+from bench.herald import WORKING, Tree
 
 PARTITIONS = 8
 
@@ -32,6 +33,10 @@ class Context:
     results: dict[str, Measurement] = field(default_factory=dict)
     #: The broker process's CPU, sampled all run long (each measurement takes its window).
     broker_cpu: CpuSampler | None = None
+    #: ``--before REV``: the revision's worktree, whose workers each Herald case runs too.
+    before: Tree | None = None
+    #: Per paired case, its measurement names in the order they ran (notes and JSON).
+    order: dict[str, list[str]] = field(default_factory=dict)
     _filter_topic: str | None = None
 
     @property
@@ -52,6 +57,20 @@ class Context:
         path = self.workdir / case
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def sides(self, case: str) -> tuple[Tree, ...]:
+        """The trees a Herald case runs from, in the order they run.
+
+        Without ``--before`` only the working tree. With it, the revision and the working
+        tree, taking turns at going first from one paired case to the next (the first
+        paired case starts with the revision): neither side systematically gets the broker
+        after the other has warmed it further, or the page cache the other filled.
+        """
+        if self.before is None:
+            return (WORKING,)
+        pair = (self.before, WORKING) if len(self.order) % 2 == 0 else (WORKING, self.before)
+        self.order[case] = [case + tree.label for tree in pair]
+        return pair
 
     def filter_topic(self) -> str:
         """Workload F's topic, loaded on first use and then shared (read-only) by every case

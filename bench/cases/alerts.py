@@ -12,15 +12,35 @@ from bench.cases import Context
 from bench.cases.drain import drain_herald
 from bench.cases.handwritten import run_handwritten
 from bench.harness import Measurement, Receiver
+from bench.herald import WORKING, Tree
 
 
-def run(ctx: Context, case: str, *, messages: int, delay_ms: float) -> None:
-    """Measure ``case`` (Herald) and ``<case>-sequential`` (the one-at-a-time baseline)."""
+def run(
+    ctx: Context,
+    case: str,
+    *,
+    messages: int,
+    delay_ms: float,
+    trees: tuple[Tree, ...] = (WORKING,),
+) -> None:
+    """Measure ``case`` (Herald) once per tree of ``trees``, in that order (``A0@rev`` for a
+    revision), each in its own group on the same loaded topic, then ``<case>-sequential``
+    (the one-at-a-time baseline) once."""
     topic = ctx.name(case)
     seconds = ctx.load(topic, messages, alarm_every=1)
     print(f"  loaded {messages:,} events into {topic} in {seconds:.1f}s", flush=True)
+    for tree in trees:
+        _herald(ctx, case, tree, topic, messages=messages, delay_ms=delay_ms)
+    if ctx.args.sequential_seconds > 0:
+        ctx.record(_sequential(ctx, case, topic, messages=messages, delay_ms=delay_ms))
+
+
+def _herald(
+    ctx: Context, case: str, tree: Tree, topic: str, *, messages: int, delay_ms: float
+) -> None:
+    """Herald workers of ``tree`` delivering every event of ``topic``."""
     m = Measurement(
-        case,
+        case + tree.label,
         f"Herald, every message -> ilert event, receiver answers after {delay_ms:g} ms",
         unit="deliveries/s",
         how=(
@@ -29,23 +49,22 @@ def run(ctx: Context, case: str, *, messages: int, delay_ms: float) -> None:
         ),
     )
     m.details["receiver_delay_ms"] = delay_ms
-    receiver = Receiver(ctx.here(case) / "receiver.log", delay_ms)
+    receiver = Receiver(ctx.here(case + tree.slug) / "receiver.log", delay_ms)
     try:
         drain_herald(
             ctx,
             m,
-            case=case,
+            case=case + tree.slug,
             topic=topic,
             messages=messages,
             deliveries=messages,
             receiver=receiver,
             until_delivered=True,
+            tree=tree,
         )
     finally:
         receiver.stop()
     ctx.record(m)
-    if ctx.args.sequential_seconds > 0:
-        ctx.record(_sequential(ctx, case, topic, messages=messages, delay_ms=delay_ms))
 
 
 def _sequential(

@@ -24,6 +24,7 @@ from bench.harness import (
     wait_committed,
     watch_drain,
 )
+from bench.herald import WORKING, Tree
 
 #: aiokafka's line (INFO) when a consumer joined its group: one per rebalance it took part in.
 _JOINED = re.compile(
@@ -44,8 +45,11 @@ def drain_herald(
     receiver: Receiver,
     workers: int = 1,
     until_delivered: bool = False,
+    tree: Tree = WORKING,
 ) -> None:
-    """Start ``workers`` Herald workers in one group on ``topic`` and measure the drain.
+    """Start ``workers`` Herald workers of ``tree`` in one group on ``topic`` and measure the
+    drain (``case`` names the group, topic prefix and directory: ``F-at-44ba04e`` for a
+    revision).
 
     The figure is ``messages / window``. The window runs from the first message consumed (by
     any worker) to the last consumed, or with ``until_delivered`` to the arrival of the last
@@ -64,7 +68,7 @@ def drain_herald(
         tansu=ctx.tansu,
     )
     config_path = herald.write_config(here / "herald.yaml", content)
-    processes = [herald.worker(config_path, here / f"worker{i + 1}") for i in range(workers)]
+    processes = [herald.worker(config_path, here / f"worker{i + 1}", tree) for i in range(workers)]
     profilers: list[Profiler] = []
     receiver_cpu = receiver.cpu_seconds()
     window_start: float | None = None
@@ -119,6 +123,7 @@ def drain_herald(
         for process in processes:
             process.stop()
     m.details["herald_settings"] = content["herald"]
+    m.details["herald_tree"] = tree.rev or "working tree"
 
 
 def _counters(processes: list[WorkerProcess]) -> list[tuple[Any, ...]]:
@@ -179,6 +184,7 @@ def _worker_facts(processes: list[WorkerProcess], window_start: float | None) ->
     facts: dict[str, Any] = {
         "worker_stats": [herald.stats(p) for p in processes],
         "generations_joined": [[g for _, g in j] for j in joins],
+        "worker_cwd": [herald.process_cwd(p) for p in processes],
     }
     missing = herald.missing_note(processes)
     if missing:

@@ -10,6 +10,7 @@ from bench.cases import Context
 from bench.cases.drain import drain_herald
 from bench.cases.handwritten import run_handwritten
 from bench.harness import Measurement, Receiver
+from bench.herald import WORKING, Tree
 
 HOW_F = (
     "messages / (first to last message consumed), polling /herald/stats `consumed` every "
@@ -22,26 +23,27 @@ def alarms(messages: int) -> int:
     return -(-messages // 100)
 
 
-def run_f(ctx: Context, *, case: str = "F", workers: int = 1) -> Measurement:
-    """Herald workers draining workload F's topic."""
+def run_f(ctx: Context, *, case: str = "F", workers: int = 1, tree: Tree = WORKING) -> Measurement:
+    """Herald workers of ``tree`` draining workload F's topic (``F@rev`` for a revision)."""
     m = Measurement(
-        case,
+        case + tree.label,
         f"Herald ({workers} worker{'s' if workers > 1 else ''}), 1% pass -> ilert event (202)",
         unit="msg/s",
         how=HOW_F,
     )
     topic = ctx.filter_topic()
-    receiver = Receiver(ctx.here(case) / "receiver.log")
+    receiver = Receiver(ctx.here(case + tree.slug) / "receiver.log")
     try:
         drain_herald(
             ctx,
             m,
-            case=case,
+            case=case + tree.slug,
             topic=topic,
             messages=ctx.args.messages,
             deliveries=alarms(ctx.args.messages),
             receiver=receiver,
             workers=workers,
+            tree=tree,
         )
     finally:
         receiver.stop()
@@ -80,14 +82,16 @@ def run_confluent(ctx: Context) -> Measurement:
     return m
 
 
-def run_scale(ctx: Context) -> None:
-    """S: the same drain by one worker and by two workers in one consumer group.
+def run_scale(ctx: Context, trees: tuple[Tree, ...] = (WORKING,)) -> None:
+    """S: the same drain by one worker and by two workers in one consumer group, for each
+    of ``trees`` in turn.
 
-    The one-worker figure is F's when F ran in this run (same configuration, same topic);
-    otherwise it is measured here as ``S-1``.
+    The one-worker figure is F's of the same tree when F ran in this run (same
+    configuration, same topic); otherwise it is measured here as ``S-1`` (``S-1@rev``).
     """
-    single = ctx.results.get("F")
-    if single is None or single.value is None:
-        single = run_f(ctx, case="S-1")
-    double = run_f(ctx, case="S-2", workers=2)
-    double.details["one_worker_case"] = single.name
+    for tree in trees:
+        single = ctx.results.get("F" + tree.label)
+        if single is None or single.value is None:
+            single = run_f(ctx, case="S-1", tree=tree)
+        double = run_f(ctx, case="S-2", workers=2, tree=tree)
+        double.details["one_worker_case"] = single.name

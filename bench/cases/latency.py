@@ -17,6 +17,7 @@ from agents.embedded.worker import WorkerError
 from bench import herald, workload
 from bench.cases import PARTITIONS, Context
 from bench.harness import Measurement, Receiver, broker_cpu, cpu_seconds, percentile, wait_for
+from bench.herald import WORKING, Tree
 from streams.config.models import HeraldSettings
 
 # tansu answers a waiting fetch late (a bare aiokafka hop, `python -m bench.broker_hop
@@ -29,10 +30,12 @@ WARMUP = 200  # events delivered before the measured phase (connections, caches,
 SLOW_MS = 1000.0
 
 
-def run(ctx: Context) -> None:
+def run(ctx: Context, tree: Tree = WORKING) -> None:
+    """L for the Herald worker of ``tree`` (``L@rev`` and its ``L-broker-hop@rev`` for a
+    revision: each side has its own topic, phase and hop consumer)."""
     rate, seconds = ctx.args.steady_rate, ctx.args.steady_seconds
     m = Measurement(
-        "L",
+        "L" + tree.label,
         f"Herald, every message -> ilert event, steady {rate:g} msg/s for {seconds:g}s",
         unit="ms",
         how=(
@@ -40,9 +43,9 @@ def run(ctx: Context) -> None:
             "producer), over every event of the phase; p50/p99 by nearest rank"
         ),
     )
-    topic = ctx.name("L")
+    topic = ctx.name("L" + tree.slug)
     create_topics(ctx.bootstrap, {topic: PARTITIONS})
-    here = ctx.here("L")
+    here = ctx.here("L" + tree.slug)
     receiver = Receiver(here / "receiver.log")
     content = herald.config(
         name=topic,
@@ -56,7 +59,9 @@ def run(ctx: Context) -> None:
     wait_ms = fetch_wait_ms(ctx)
     if wait_ms != HERALD_FETCH_MAX_WAIT_MS:
         content["herald"]["fetchMaxWaitMs"] = wait_ms
-    worker = herald.worker(herald.write_config(here / "herald.yaml", content), here / "worker")
+    worker = herald.worker(
+        herald.write_config(here / "herald.yaml", content), here / "worker", tree
+    )
     worker.start()
     try:
         worker.wait_http_ready(timeout=180)
@@ -83,7 +88,7 @@ def run(ctx: Context) -> None:
         )
         # the same events read by a bare aiokafka consumer at the same time: the broker alone
         hop = Measurement(
-            "L-broker-hop",
+            "L-broker-hop" + tree.label,
             f"bare aiokafka consumer on the same topic during the phase (same fetch wait, "
             f"{wait_ms} ms)",
             unit="ms",
@@ -108,13 +113,15 @@ def run(ctx: Context) -> None:
         # the phase's broker work: the producer's records, Herald's source and sink fetches,
         # its action and changelog records and commits, and the bare hop consumer's fetches
         broker_cpu(m.details, ctx.broker_cpu, phase_start, phase_end, sent)
-        _capacity_note(ctx, m, rate)
+        _capacity_note(ctx, m, rate, ctx.results.get("A0" + tree.label))
         if done is None:
             m.error = f"only {m.details['delivered']}/{sent} delivered in time"
     except (WorkerError, TimeoutError, RuntimeError, OSError) as exc:
         m.fail(exc)
     finally:
         m.details["worker_stats"] = herald.stats(worker)
+        m.details["worker_cwd"] = herald.process_cwd(worker)
+        m.details["herald_tree"] = tree.rev or "working tree"
         missing = herald.missing_note([worker])
         if missing:
             m.details["missing_topics"] = missing
@@ -194,9 +201,9 @@ def _hops(
     }
 
 
-def _capacity_note(ctx: Context, m: Measurement, rate: float) -> None:
-    """Say so when the offered rate is above what A0 measured: then queues grow all phase."""
-    a0 = ctx.results.get("A0")
+def _capacity_note(ctx: Context, m: Measurement, rate: float, a0: Measurement | None) -> None:
+    """Say so when the offered rate is above what A0 (of the same tree) measured: then queues
+    grow all phase."""
     if a0 is not None and a0.value is not None and rate > a0.value:
         m.details["note"] = (
             f"offered {rate:g}/s is above A0's {a0.value:,.0f} deliveries/s: latency grows "

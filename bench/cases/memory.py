@@ -1,4 +1,4 @@
-"""M (memory): a Herald worker holding a million deduplication keys.
+"""M (memory): a Herald worker holding ten million deduplication keys (``--memory-keys``).
 
 The dedupe table (``agents/tables.py``: ``app.Table("dedupe", partitions=actionPartitions,
 key_type=bytes, value_type=bytes)``) is recovered from its changelog, which Faust names
@@ -12,8 +12,13 @@ over ``actionPartitions`` partitions (the topic is created with that many first;
 2. a worker is started on a new data directory: it recovers every key from the changelog.
    Start -> ``/ready`` (which waits for table recovery) is the recovery time; then its RSS;
 3. it is stopped, the keys in its RocksDB stores are counted (all must be there), and it is
-   started again on the same data directory: start -> ``/ready`` again (goal < 10 s) and RSS
-   (goal < 300 MB).
+   started again on the same data directory: start -> ``/ready`` again (goal < 5 s) and RSS
+   (goal < 500 MB at 10 million keys, issue 16; the goal is met when both starts are under it).
+
+The first start really recovers every key from the changelog (the worker is given nothing
+else), a fetched batch at a time (agents.recovery); the records' delivered-at times are the
+time of the load, so the sweeper (agents.sink.expiry, 14 days by default) expires none of
+them, but it does read them all once after each start, as in production.
 
 RSS is VmRSS from ``/proc/<pid>/status`` of the worker process (``python -m faust`` itself:
 the launcher starts no child; if one appears, its RSS is added), read 2 s after ready. The
@@ -31,16 +36,19 @@ from agents.embedded.worker import WorkerError, WorkerProcess
 from bench import herald, workload
 from bench.cases import PARTITIONS, Context
 from bench.harness import Measurement, broker_cpu, children, memory_mb
+from bench.herald import WORKING, Tree
 
 SETTLE_SECONDS = 2.0
 READY_TIMEOUT = 900.0
 NO_RECEIVER = "http://127.0.0.1:9"  # nothing is delivered in this case
 
 
-def run(ctx: Context) -> None:
+def run(ctx: Context, tree: Tree = WORKING) -> None:
+    """M for the workers of ``tree`` (``M@rev`` for a revision: its own topics, changelog and
+    keys, loaded again)."""
     keys = ctx.args.memory_keys
     m = Measurement(
-        "M",
+        "M" + tree.label,
         f"Herald worker holding {keys:,} dedupe keys",
         unit="MB",
         how=(
@@ -48,12 +56,12 @@ def run(ctx: Context) -> None:
             "(includes Python start-up, the group join and the table recovery)"
         ),
     )
-    name = ctx.name("M")
+    name = ctx.name("M" + tree.slug)
     changelog = f"{name}-dedupe-changelog"
     # Compacted on Kafka, as Faust would create it (on tansu created as before, without configs).
     configs = {} if ctx.tansu else {changelog: {"cleanup.policy": "compact"}}
     create_topics(ctx.bootstrap, {name: PARTITIONS, changelog: PARTITIONS}, configs=configs)
-    here = ctx.here("M")
+    here = ctx.here("M" + tree.slug)
     content = herald.config(
         name=name,
         bootstrap=ctx.bootstrap,
@@ -66,7 +74,7 @@ def run(ctx: Context) -> None:
     config_path = herald.write_config(here / "herald.yaml", content)
     try:
         m.details["empty_table"] = _start_measure_stop(
-            ctx, herald.worker(config_path, here / "empty")
+            ctx, herald.worker(config_path, here / "empty", tree)
         )
         load_s = run_sync(
             lambda: workload.preload_changelog(
@@ -74,7 +82,7 @@ def run(ctx: Context) -> None:
             )
         )
         print(f"  loaded {keys:,} dedupe records into {changelog} in {load_s:.1f}s", flush=True)
-        worker = herald.worker(config_path, here / "worker")
+        worker = herald.worker(config_path, here / "worker", tree)
         first = m.details["first_start"] = _start_measure_stop(ctx, worker)
         stored = m.details["keys_stored"] = _stored_keys(worker.datadir)
         second = m.details["restart"] = _start_measure_stop(ctx, worker)
@@ -84,6 +92,7 @@ def run(ctx: Context) -> None:
             changelog_partitions=PARTITIONS,
             restart_ready_s=second["ready_s"],
             first_recovery_ready_s=first["ready_s"],
+            herald_tree=tree.rev or "working tree",
         )
         m.value = max(first["rss_mb"], second["rss_mb"])
         if stored is not None and stored < keys:
