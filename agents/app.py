@@ -26,6 +26,7 @@ from agents.admin.api import register_admin_api
 from agents.batches import BatchChannel
 from agents.configuration import load_or_exit
 from agents.connectivity import broker_credentials
+from agents.heap import freeze_startup_heap
 from agents.heartbeats import register_heartbeats
 from agents.history import register_history
 from agents.idempotence import IdempotentHeraldApp
@@ -36,6 +37,7 @@ from agents.monitor import HeraldMonitor
 from agents.rules import RuleSet
 from agents.runtime import Runtime
 from agents.sink import SinkRunner
+from agents.sink.expiry import register_expiry
 from agents.sources import SourceRunner
 from agents.subscriptions import SourceTopics, home_topics, integration_topics
 from agents.tables import DurableTable, RulesTable, declare_tables
@@ -184,6 +186,8 @@ def create_app(checked: Checked) -> faust.App:
 
         await rules.seed(send)
         log.info("handlers loaded: %s", ", ".join(h.name for h in rules.index().handlers))
+        # The worker is up, its tables recovered: what exists now lives as long as it does.
+        freeze_startup_heap()
 
     app.ledger.on_revoke(sink.revoke)  # after the channels: the one revoke fan-out
 
@@ -222,6 +226,7 @@ def create_app(checked: Checked) -> faust.App:
 
     register_history(app, runtime)  # before the admin API, which serves it
     register_skipper(app, runtime)
+    register_expiry(app, tables.dedupe, settings.dedupeRetentionSeconds)
     register_views(app, runtime)
     if settings.admin is not None:
         register_admin_api(app, runtime, settings.admin)

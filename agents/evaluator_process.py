@@ -181,6 +181,10 @@ class EvaluatorProcess:
                 job.verdict = ConditionError(verdict) if isinstance(verdict, str) else verdict
             return []
         # The process is gone: blame the evaluation under way, evaluate the others again.
+        # Those before it ran to completion in that process and only their answers were lost:
+        # they go first, and even a condition quarantined by this very strike runs them again
+        # (they are known to end). Those after it never ran: a quarantined condition's are
+        # refused.
         self._process = None
         done_seq, index = process.progress()
         process.cell.close()
@@ -188,9 +192,7 @@ class EvaluatorProcess:
             raise _ProcessFailed(f"it ended outside any evaluation ({_how(process)})")
         culprit = jobs[index]
         self._strike(culprit, process)
-        return [job for job in jobs[index + 1 :] if not self._refused(job)] + [
-            job for job in jobs[:index] if not self._refused(job)
-        ]
+        return jobs[:index] + [job for job in jobs[index + 1 :] if not self._refused(job)]
 
     async def _exchange(
         self, process: _Process, seq: int, jobs: list[ConditionJob], payload: bytes

@@ -37,6 +37,7 @@ from agents import fetchguard, positions
 from agents.batches import BatchChannel
 from agents.fetchguard import Unreadable
 from agents.ledger import OffsetLedger
+from agents.recovery import BulkRecovery
 from streams.offsets import Ticket
 
 log = logging.getLogger("herald.transport")
@@ -196,6 +197,7 @@ class HeraldConsumer(aiokafka_driver.Consumer):
         self.fetch_reports: deque[tuple[Any, Unreadable]] = deque()
         self.fetch_errors: deque[Exception] = deque()
         self._fetch_error_logged_at = 0.0
+        self.bulk_recovery = BulkRecovery(self.app)  # the dedupe table's recovery, per batch
 
     def _new_consumer_thread(self) -> HeraldConsumerThread:
         return HeraldConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -216,7 +218,7 @@ class HeraldConsumer(aiokafka_driver.Consumer):
         for tp, batch_records in (records or {}).items():
             channel = self._batch_channel(tp.topic)
             if channel is None:
-                rest[tp] = batch_records
+                rest[tp] = self.bulk_recovery.take(tp, batch_records, fetched_in)
             elif batch_records:
                 self._hand_over(channel, tp, batch_records, fetched_in, active)
         self._take_fetch_reports()

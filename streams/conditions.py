@@ -71,6 +71,7 @@ import quickjs
 
 from streams.errors import ConditionError, TemplateError
 from streams.message import META_NAME
+from streams.native_conditions import compile_native
 from streams.templating import JsonPath, compile_path, to_json
 
 __all__ = [
@@ -690,6 +691,11 @@ class Condition(ABC):
         message cannot be given to it.
         """
 
+    def decide(self, message: Any) -> bool | None:
+        """The verdict on `message` where it is certain without running the condition's
+        JavaScript (streams.native_conditions), else None: `job` or `evaluate` then."""
+        return None
+
     def evaluate_json(self, message_json: str, meta_json: str | None) -> bool:
         """`evaluate` on a message given as JSON (as `job` serialises it)."""
         meta = json.loads(meta_json) if meta_json is not None else None
@@ -763,6 +769,10 @@ class _Script(Condition):
         # When the source never names `_kafka`, the metadata is not serialised and parsed (~3 µs).
         self._uses_meta = META_NAME in source
         self._spec = ConditionSpec(source, evaluator_type, time_limit_ms, memory_limit_bytes)
+        # Field-against-literal comparisons are decided here where the answer is certain,
+        # with no serialising and no round trip to the evaluator process.
+        native = compile_native(source)
+        self._decide = native.decide if native is not None else None
         # Compiled here to refuse bad syntax at configuration time, then let go: a context is
         # ~130 KB, and a worker evaluates in its evaluator process, not here. Built again on
         # first use (`evaluate_json`), and after QuickJS gave up.
@@ -795,7 +805,19 @@ class _Script(Condition):
         message_json, meta_json = self._serialise(message, meta)
         return ConditionJob(self._spec, message_json, meta_json, handler, origin)
 
+    def decide(self, message: Any) -> bool | None:
+        decide = self._decide
+        return None if decide is None else decide(message)
+
+    @property
+    def native(self) -> bool:
+        """Whether the condition is in streams.native_conditions' grammar."""
+        return self._decide is not None
+
     def evaluate(self, message: Any, meta: Mapping[str, Any] | None = None) -> bool:
+        decided = self.decide(message)
+        if decided is not None:
+            return decided
         message_json, meta_json = self._serialise(message, meta)
         return self.evaluate_json(message_json, meta_json)
 

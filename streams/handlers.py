@@ -279,20 +279,27 @@ class Prepared:
 
     handlers: list[CompiledHandler]
     envelope: Envelope
-    meta: dict[str, Any]
+    #: `envelope.meta()` once something needed it: most records of a filter are decided
+    #: without it and match nothing, so it is built only for a job, a value-param condition
+    #: or an action to render (`meta_of`).
+    meta: dict[str, Any] | None
     message: _Message
     verdicts: list[bool | ConditionJob | ConditionError | TemplateError | None]
+    jobs: list[ConditionJob]
 
-    @property
-    def jobs(self) -> list[ConditionJob]:
-        return [v for v in self.verdicts if isinstance(v, ConditionJob)]
+    def meta_of(self) -> dict[str, Any]:
+        meta = self.meta
+        if meta is None:
+            meta = self.meta = self.envelope.meta()
+        return meta
 
 
 def prepare(handlers: Sequence[CompiledHandler], envelope: Envelope) -> Prepared:
     """Step one of `evaluate`: everything but running the JavaScript conditions."""
-    meta = envelope.meta()
+    meta: dict[str, Any] | None = None
     message = _Message(envelope.value)
     verdicts: list[bool | ConditionJob | ConditionError | TemplateError | None] = []
+    jobs: list[ConditionJob] = []
     for handler in handlers:
         condition = handler.condition
         if condition.always_true:
@@ -301,10 +308,19 @@ def prepare(handlers: Sequence[CompiledHandler], envelope: Envelope) -> Prepared
             verdicts.append(None)
         else:
             try:
-                verdicts.append(condition.job(message.expanded(), meta, handler.name, envelope))
+                expanded = message.expanded()
+                decided = condition.decide(expanded)
+                if decided is not None:
+                    verdicts.append(decided)
+                else:
+                    if meta is None:
+                        meta = envelope.meta()
+                    job = condition.job(expanded, meta, handler.name, envelope)
+                    verdicts.append(job)
+                    jobs.append(job)
             except (ConditionError, TemplateError) as exc:
                 verdicts.append(exc)
-    return Prepared(list(handlers), envelope, meta, message, verdicts)
+    return Prepared(list(handlers), envelope, meta, message, verdicts, jobs)
 
 
 def judge_here(jobs: Iterable[tuple[Condition, ConditionJob]]) -> None:
@@ -329,7 +345,7 @@ def local_jobs(prepared: Prepared) -> list[tuple[Condition, ConditionJob]]:
 def finish(prepared: Prepared) -> Evaluation:
     """Step two of `evaluate`: the conditions' verdicts in, the actions rendered."""
     result = Evaluation()
-    envelope, meta, message = prepared.envelope, prepared.meta, prepared.message
+    envelope, message = prepared.envelope, prepared.message
     for handler, verdict in zip(prepared.handlers, prepared.verdicts, strict=True):
         if isinstance(verdict, ConditionJob):
             verdict = verdict.verdict
@@ -337,7 +353,7 @@ def finish(prepared: Prepared) -> Evaluation:
                 raise RuntimeError(f"condition of handler {handler.name!r} was never judged")
         if verdict is None:
             try:
-                verdict = handler.condition.evaluate(message.expanded(), meta)
+                verdict = handler.condition.evaluate(message.expanded(), prepared.meta_of())
             except (ConditionError, TemplateError) as exc:
                 verdict = exc
         if isinstance(verdict, ConditionError | TemplateError):
@@ -349,7 +365,7 @@ def finish(prepared: Prepared) -> Evaluation:
             result.skipped.append(handler.name)
             continue
         for action in handler.actions:
-            outcome = render_action(handler, action, envelope, meta, message=message)
+            outcome = render_action(handler, action, envelope, prepared.meta_of(), message=message)
             if isinstance(outcome, DeadLetter):
                 result.dead_letters.append(outcome)
             else:

@@ -605,6 +605,34 @@ def _expand_map_value(value: Any) -> Any:
     return _expand_container(value)
 
 
+#: Deeper than this, `_needs_expanding` answers True, so the expansion itself runs and meets
+#: the recursion limit exactly where it did before the scan existed (a message that deep is
+#: dead-lettered as "nested too deeply"); well below the depth where it does.
+_SCAN_DEPTH = 100
+
+
+def _needs_expanding(value: Any, depth: int = 0) -> bool:
+    """Whether `_expand_container(value)` would change anything: a dict value somewhere that
+    is a string `_looks_like_json`. Most messages have none, and this scan allocates
+    nothing, where the expansion builds a copy of every dict and list (issue 16's profile of
+    the filter path)."""
+    if depth > _SCAN_DEPTH:
+        return True
+    if isinstance(value, dict):
+        for item in value.values():
+            if isinstance(item, str):
+                if item and (item[0] in "{[" or (item[0].isspace() and _looks_like_json(item))):
+                    return True
+            elif isinstance(item, dict | list) and _needs_expanding(item, depth + 1):
+                return True
+        return False
+    if isinstance(value, list):
+        return any(
+            isinstance(item, dict | list) and _needs_expanding(item, depth + 1) for item in value
+        )
+    return False
+
+
 def expand_inline_json(value: Any) -> Any:
     """Conductor's `expandInlineJSON` (`JsonUtils.expand`): parse JSON hidden in strings.
 
@@ -618,9 +646,11 @@ def expand_inline_json(value: Any) -> Any:
     - parsed values are not expanded again;
     - a bare string at the top is parsed if it is any JSON at all (`"42"` -> 42).
 
-    Unlike Conductor the input is not modified: a new structure is returned, since the same
-    message is shared by every handler.
+    Unlike Conductor the input is not modified: a new structure is returned when anything is
+    expanded (the same message is shared by every handler), and the value itself when nothing
+    is.
     """
     if isinstance(value, str):
         return _parse_json_or_keep(value)
-    return _expand_container(value)
+    # Nothing to expand: the value itself, which the caller must not modify either.
+    return _expand_container(value) if _needs_expanding(value) else value

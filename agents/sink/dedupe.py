@@ -9,6 +9,11 @@ marked, so a redelivery of it is a plain repeat).
 A mark counts only once its changelog write is acknowledged: `check` and `mark` hand that write
 back, read right after the table write and before any await, since other lanes write to the
 same table meanwhile.
+
+Entries expire (agents.sink.expiry): a mark `herald.dedupeRetentionSeconds` after its delivery,
+a window's entry once the window is over. Until the sweeper deletes it, an expired mark still
+counts (the delivery did happen: skipping its redelivery is right); a window's entry past its
+end has no effect, since `check` compares it with the time.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class ChangelogTable(Protocol):
     def __setitem__(self, key: bytes, value: bytes) -> None: ...
 
 
+#: Keys of user-level dedupe windows; every other key is a delivery id (32 hex digits).
+USER_PREFIX = b"u:"
 ALREADY_DELIVERED = "already delivered"
 IN_WINDOW = "dedupe window"
 
@@ -76,4 +83,4 @@ class Dedupe:
 
 
 def _user_key(request: ActionRequest) -> bytes | None:
-    return b"u:" + request.dedupe_key.encode() if request.dedupe_key else None
+    return USER_PREFIX + request.dedupe_key.encode() if request.dedupe_key else None

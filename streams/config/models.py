@@ -423,6 +423,12 @@ class HeraldSettings(Strict):
     # The most records (executions, dead letters, audit records) each worker's execution
     # history keeps in memory, about 1 KiB each; the oldest go first (streams.history).
     executionHistoryMaxRecords: int = Field(default=100_000, ge=100, le=10_000_000)
+    # How long a delivery's dedupe mark is kept (agents.sink.expiry): a redelivery of an action
+    # record up to this long after its delivery is skipped. It must be at least the source
+    # topics' (and the actions topic's) retention.ms, the longest a record can be read again;
+    # the default, 14 days, covers Kafka's default retention.ms (7 days) plus its default
+    # segment.ms (7 days), since Kafka deletes whole segments.
+    dedupeRetentionSeconds: float = 14 * 24 * 3600
     replicationFactor: int = Field(default=1, ge=1)  # of Herald's internal topics
     commitIntervalSeconds: float = Field(default=1.0, gt=0)
     sessionTimeoutSeconds: float = Field(default=10.0, gt=0)  # consumer group session timeout
@@ -466,6 +472,17 @@ class HeraldSettings(Strict):
     @classmethod
     def _prefix_form(cls, value: str) -> str:
         return topic_safe(value, "topicPrefix")
+
+    @field_validator("dedupeRetentionSeconds")
+    @classmethod
+    def _dedupe_retention(cls, value: float) -> float:
+        if not value > 0 or value == float("inf"):
+            raise ValueError(
+                f"is {value:g}; a delivery's dedupe mark must be kept a finite, positive time, "
+                "at least the source topics' retention.ms / 1000 (Kafka's default is 604800, "
+                "7 days); set it to that or more (default 1209600, 14 days)"
+            )
+        return value
 
 
 class HeraldConfig(Strict):

@@ -296,3 +296,35 @@ def test_expand_does_not_modify_its_input() -> None:
 def test_expanded_message_feeds_templates() -> None:
     message = expand_inline_json({"body": '{"order": {"id": "o-9"}}'})
     assert render("${body.order.id}", message) == "o-9"
+
+
+def test_a_message_with_nothing_to_expand_is_returned_itself_not_copied() -> None:
+    message = {"type": "INFO", "n": [1, {"s": "plain"}, ["{not a dict value}"]], "d": {"x": 1}}
+    assert expand_inline_json(message) is message
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ({"a": '{"b": 1}'}, {"a": {"b": 1}}),
+        ({"a": " \n [1, 2]"}, {"a": [1, 2]}),
+        ({"l": [{"a": "[3]"}]}, {"l": [{"a": [3]}]}),
+        ({"d": {"e": {"f": '{"g": "h"}'}}}, {"d": {"e": {"f": {"g": "h"}}}}),
+        ({"a": "{not json"}, {"a": "{not json"}),
+    ],
+)
+def test_inline_json_anywhere_in_dict_values_is_still_found(message: Any, expected: Any) -> None:
+    original = copy.deepcopy(message)
+    assert expand_inline_json(message) == expected
+    assert message == original
+
+
+def test_inline_json_below_the_scan_depth_is_expanded() -> None:
+    """Past the scan's depth the expansion runs as before; a value found there is expanded."""
+    message: Any = {"inner": '{"found": true}'}
+    for _ in range(150):
+        message = {"a": message}
+    expanded = expand_inline_json(message)
+    for _ in range(150):
+        expanded = expanded["a"]
+    assert expanded == {"inner": {"found": True}}
