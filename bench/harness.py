@@ -122,9 +122,26 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu(pid: int | None) -> float | None:
+    """CPU seconds of a worker with its child processes (its condition evaluator,
+    agents/evaluator_process.py): its own, its reaped children's (cutime + cstime: an
+    evaluator that was replaced) and its live children's. A worker's cost includes its
+    evaluator's, which runs on the other core."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    live = [cpu_seconds(child) for child in children(pid)]
+    return ticks / os.sysconf("SC_CLK_TCK") + sum(c for c in live if c is not None)
+
+
 def total_cpu(pids: Sequence[int | None]) -> float | None:
-    """CPU seconds of several processes together; None if any cannot be read."""
-    readings = [cpu_seconds(pid) for pid in pids]
+    """CPU seconds of several workers together, each with its child processes (`tree_cpu`);
+    None if any cannot be read."""
+    readings = [tree_cpu(pid) for pid in pids]
     if any(r is None for r in readings):
         return None
     return sum(r for r in readings if r is not None)
