@@ -391,6 +391,30 @@ class HeraldApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ledger = OffsetLedger()
+        self._producer_starting = asyncio.Lock()
+        self._producer_started = False  # a `maybe_start_producer` saw its start complete
+
+    async def maybe_start_producer(self) -> Any:
+        """The producer, started if it is not yet: Faust's, without its stampede guard.
+
+        Faust's producer buffer (`Topic.send_soon`: every table's changelog write, so the
+        dedupe marks the sink waits for) sends one record per call of this, and Faust's
+        `@stampede` wrapper yields to the event loop three times per call even when the
+        producer runs. So the buffer sent one record per three turns of a loop busy with
+        hundreds of lanes: in bench L at 1,000 deliveries/s it held ~500 marks, a mark took
+        up to 1.2 s to be durable while the broker acknowledged in 10-45 ms, every lane's
+        capacity was held by marks waiting there, and Faust's commit (which flushes that
+        buffer first) ran for seconds (`Timer commit is overlapping`). A running producer is
+        returned at once, so the buffer drains in one turn. Until then callers queue on a
+        lock, one `producer.maybe_start()` at a time, as the stampede guard had them."""
+        if self.in_transaction:  # exactly-once (Herald does not use it): Faust's answer
+            return self.consumer.transactions
+        producer = self.producer
+        if not (self._producer_started and producer.started):
+            async with self._producer_starting:
+                await producer.maybe_start()
+                self._producer_started = True
+        return producer
 
     def _new_transport(self) -> HeraldTransport:
         return HeraldTransport(self.conf.broker_consumer, self)
