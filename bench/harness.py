@@ -111,15 +111,21 @@ def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.1) -
 # ---------------------------------------------------------------------------- /proc
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds a process (all its threads) used so far, from /proc."""
+def _stat_ticks(pid: int | None, fields_at: tuple[int, ...]) -> float | None:
+    """The sum of `/proc/<pid>/stat` fields (numbered after the command's closing
+    parenthesis) in seconds, or None when the process cannot be read."""
     if pid is None:
         return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(fields[i]) for i in fields_at) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a process (all its threads) used so far, from /proc."""
+    return _stat_ticks(pid, (11, 12))
 
 
 def tree_cpu(pid: int | None) -> float | None:
@@ -127,15 +133,11 @@ def tree_cpu(pid: int | None) -> float | None:
     agents/evaluator_process.py): its own, its reaped children's (cutime + cstime: an
     evaluator that was replaced) and its live children's. A worker's cost includes its
     evaluator's, which runs on the other core."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    own = _stat_ticks(pid, (11, 12, 13, 14))
+    if own is None or pid is None:
+        return own
     live = [cpu_seconds(child) for child in children(pid)]
-    return ticks / os.sysconf("SC_CLK_TCK") + sum(c for c in live if c is not None)
+    return own + sum(c for c in live if c is not None)
 
 
 def total_cpu(pids: Sequence[int | None]) -> float | None:

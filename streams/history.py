@@ -28,8 +28,7 @@ from __future__ import annotations
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -50,9 +49,12 @@ MAX_RESULT_BYTES = 4096
 NO_RECORD = "no record: condition false or not processed yet"
 
 
-@dataclass(slots=True)
-class Entry:
-    """One indexed record: what queries filter on, and the compact JSON answered."""
+class Entry(NamedTuple):
+    """One indexed record: what queries filter on, and the compact JSON answered.
+
+    A tuple of strings, numbers and bytes only, and the message index's values are tuples too:
+    Python's collector stops tracking such tuples, so the 100,000 entries a worker may hold
+    are not walked by every full collection (`HistoryIndex` keeps them as plain tuples)."""
 
     kind: str  # EXECUTION, DEAD_LETTER or AUDIT
     key: str  # the identity: delivery id, letter id, or topic/partition/offset
@@ -256,6 +258,12 @@ def _supersedes(new: Entry, old: Entry) -> bool:
     return not (old.status == COMPLETED and new.status == SKIPPED)
 
 
+#: Positions of `Entry`'s fields in the plain tuples `HistoryIndex` keeps.
+_KIND, _CREATED, _HANDLER, _STATUS, _STAGE = (
+    Entry._fields.index(name) for name in ("kind", "created", "handler", "status", "stage")
+)
+
+
 class HistoryIndex:
     """Entries in the order they were read, bounded by count and age, with an index by
     source record. Reading follows the topics' order, so every worker holds the same."""
@@ -265,9 +273,12 @@ class HistoryIndex:
             raise ValueError("max_records must be at least 1")
         self.max_records = max_records
         self.retention_ms = retention_ms
-        self._entries: OrderedDict[tuple[str, str], Entry] = OrderedDict()
-        # a list, not a set: most records have one or two entries, and a set costs 216 bytes
-        self._by_message: dict[str, list[tuple[str, str]]] = {}
+        # Plain tuples (`tuple(entry)`; `Entry._make` when read): only an exact tuple of
+        # untracked values leaves the garbage collector's care, a NamedTuple does not.
+        self._entries: OrderedDict[tuple[str, str], tuple[Any, ...]] = OrderedDict()
+        # a tuple, not a set or list: most records have one or two entries (a set costs 216
+        # bytes), and tuples of strings are not tracked by the garbage collector
+        self._by_message: dict[str, tuple[tuple[str, str], ...]] = {}
         self._spans: dict[tuple[str, str], Entry] = {}
         self.evicted_by_size = 0
         self.evicted_by_age = 0
@@ -281,19 +292,21 @@ class HistoryIndex:
         if self._expired(entry, now_ms):
             return False
         ident = (entry.kind, entry.key)
-        old = self._entries.get(ident)
+        kept = self._entries.get(ident)
+        old = None if kept is None else Entry._make(kept)
         if old is not None:
             if not _supersedes(entry, old):
                 return False
             self._forget(ident, old)
-        self._entries[ident] = entry
+        self._entries[ident] = tuple(entry)
         if entry.message_id is not None:
-            self._by_message.setdefault(entry.message_id, []).append(ident)
+            mid = entry.message_id
+            self._by_message[mid] = (*self._by_message.get(mid, ()), ident)
         if entry.span is not None:
             self._spans[ident] = entry
         while len(self._entries) > self.max_records:
             oldest, evicted = self._entries.popitem(last=False)
-            self._unindex(oldest, evicted)
+            self._unindex(oldest, Entry._make(evicted))
             self.evicted_by_size += 1
         return True
 
@@ -303,7 +316,8 @@ class HistoryIndex:
         meanwhile. How many were evicted."""
         count = 0
         while self._entries:
-            ident, entry = next(iter(self._entries.items()))
+            ident, kept = next(iter(self._entries.items()))
+            entry = Entry._make(kept)
             if not self._expired(entry, now_ms):
                 break
             self._entries.popitem(last=False)
@@ -323,17 +337,20 @@ class HistoryIndex:
         if entry.message_id is not None:
             found = self._by_message.get(entry.message_id)
             if found is not None and ident in found:
-                found.remove(ident)
-                if not found:
+                rest = tuple(other for other in found if other != ident)
+                if rest:
+                    self._by_message[entry.message_id] = rest
+                else:
                     del self._by_message[entry.message_id]
         if entry.span is not None:
             self._spans.pop(ident, None)
 
-    def newest(self, now_ms: int) -> Iterator[Entry]:
-        """Every entry within the retention, the last read first."""
-        for entry in reversed(self._entries.values()):
-            if not self._expired(entry, now_ms):
-                yield entry
+    def _newest(self, now_ms: int) -> Iterator[tuple[Any, ...]]:
+        """Every kept tuple within the retention, the last read first."""
+        oldest = None if self.retention_ms is None else now_ms - self.retention_ms
+        for kept in reversed(self._entries.values()):
+            if oldest is None or kept[_CREATED] >= oldest:
+                yield kept
 
     def query(
         self,
@@ -352,19 +369,21 @@ class HistoryIndex:
         dead letter is left out by default: its execution record (DEAD_LETTERED) is listed."""
         wanted = frozenset(kinds)
         found: list[Entry] = []
-        for entry in self.newest(now_ms):
-            if entry.kind not in wanted:
+        # Filtered on the kept tuples; only a match becomes an Entry (a query may walk all).
+        for kept in self._newest(now_ms):
+            if kept[_KIND] not in wanted:
                 continue
-            if handler is not None and entry.handler != handler:
+            if handler is not None and kept[_HANDLER] != handler:
                 continue
-            if status is not None and entry.status != status:
+            if status is not None and kept[_STATUS] != status:
                 continue
-            if since is not None and entry.created < since:
+            if since is not None and kept[_CREATED] < since:
                 continue
-            if until is not None and entry.created > until:
+            if until is not None and kept[_CREATED] > until:
                 continue
-            if entry.stage is not None and entry.stage in exclude_stages:
+            if kept[_STAGE] is not None and kept[_STAGE] in exclude_stages:
                 continue
+            entry = Entry._make(kept)
             if not visible(entry):
                 continue
             found.append(entry)
@@ -390,7 +409,7 @@ class HistoryIndex:
 
     def for_message(self, mid: str, now_ms: int) -> list[Entry]:
         """The entries whose source record has the message id `mid`, oldest first."""
-        found = [self._entries[ident] for ident in self._by_message.get(mid, ())]
+        found = [Entry._make(self._entries[ident]) for ident in self._by_message.get(mid, ())]
         found = [entry for entry in found if not self._expired(entry, now_ms)]
         found.sort(key=lambda e: e.created)
         return found

@@ -16,7 +16,9 @@ of F). `compile_native` recognises a small grammar of such conditions:
     literal    := 'string' | "string" (no backslash) | number | true | false | null
 
 and returns a `NativeCondition` whose `decide(message)` answers True or False only where
-JavaScript's answer on `JSON.parse(to_json(message))` is certain with these few rules, and
+JavaScript's answer on `JSON.parse(to_json(message))` is certain with these few rules (for a
+message as Herald's decoders give it: orjson's JSON, whose integers fit 64 bits, and Avro's
+values, which `to_json` writes with orjson; a non-finite float becomes null there), and
 None ("defer") everywhere else: a value of a type JSON does not have (Avro's Decimal, bytes,
 datetimes), a non-finite float, an integer beyond 2^53, a comparison across types whose
 JavaScript coercion is not spelled out here (a number with a string, a boolean with a number,

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from agents.embedded.receiver import Reply
+from tests.integration.test_secrets import EchoingReceiver
 from tests.support.herald import HeraldDeployment
 from tests.support.secured import SecuredCluster, secured_view
 from tests.support.tls import Pki, make_pki
@@ -47,3 +49,15 @@ def sasl_cluster(kafka: Any) -> SecuredCluster:
 def sasl_ssl_cluster(kafka: Any) -> SecuredCluster:
     """The Kafka node's SASL_SSL listener (the same mechanisms inside TLS)."""
     return secured_view(kafka, "SASL_SSL")
+
+
+@pytest.fixture
+def echoing() -> Iterator[EchoingReceiver]:
+    """A receiver that answers 200 unless told otherwise, echoing a request's headers in the
+    body of each refusal (test_secrets has its own, answering 400)."""
+    server = EchoingReceiver(default=Reply(200))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -25,6 +25,31 @@ from tests.support.kafka import produce
 PARTITIONS = 4  # tests.support.herald FAST_SETTINGS' actionPartitions
 
 
+def idle_deployment(
+    tmp_path: Path,
+    broker: Any,
+    receiver: Receiver,
+    topic: str,
+    settings: dict[str, Any] | None = None,
+) -> HeraldDeployment:
+    """A deployment whose one handler on `topic` is never fed: the tests fill its dedupe
+    changelog themselves."""
+    return HeraldDeployment(
+        tmp_path,
+        broker.bootstrap,
+        handlers=[
+            {
+                "name": "idle",
+                "event": f"kafka:local:{topic}",
+                "active": True,
+                "actions": [{"action": "webhook", "webhook": {"url": "x"}}],
+            }
+        ],
+        targets=[webhook_target(receiver.url)],
+        settings=settings or {},
+    )
+
+
 def changelog_of(deployment: HeraldDeployment) -> str:
     return f"{deployment.group}-dedupe-changelog"
 
@@ -139,20 +164,7 @@ def test_a_sigkill_mid_sweep_leaves_no_expired_entry_in_rocksdb_or_the_changelog
     the same data directory. In the end every expired entry is a tombstone in the changelog
     and gone from RocksDB, every live one is in both with its value, wherever the kill fell."""
     topic = unique_topic("expirykill")
-    herald = HeraldDeployment(
-        tmp_path,
-        broker.bootstrap,
-        handlers=[
-            {
-                "name": "idle",
-                "event": f"kafka:local:{topic}",
-                "active": True,
-                "actions": [{"action": "webhook", "webhook": {"url": "x"}}],
-            }
-        ],
-        targets=[webhook_target(receiver.url)],
-        settings={"dedupeRetentionSeconds": 3600},
-    )
+    herald = idle_deployment(tmp_path, broker, receiver, topic, {"dedupeRetentionSeconds": 3600})
     changelog = changelog_of(herald)
     now = int(time.time() * 1000)
     old = str(now - 2 * 3600 * 1000).encode()

@@ -12,8 +12,13 @@ from typing import Any
 
 from agents.embedded.broker import create_topics
 from agents.embedded.receiver import Receiver
-from tests.integration.test_dedupe_expiry import PARTITIONS, changelog_of, latest, stored
-from tests.support.herald import HeraldDeployment, webhook_target
+from tests.integration.test_dedupe_expiry import (
+    PARTITIONS,
+    changelog_of,
+    idle_deployment,
+    latest,
+    stored,
+)
 from tests.support.kafka import produce
 
 KEYS = 300_000
@@ -26,19 +31,7 @@ def test_a_sigkill_mid_recovery_then_a_restart_holds_the_changelogs_final_state(
     broker: Any, receiver: Receiver, unique_topic, tmp_path: Path
 ) -> None:
     topic = unique_topic("recovery")
-    herald = HeraldDeployment(
-        tmp_path,
-        broker.bootstrap,
-        handlers=[
-            {
-                "name": "idle",
-                "event": f"kafka:local:{topic}",
-                "active": True,
-                "actions": [{"action": "webhook", "webhook": {"url": "x"}}],
-            }
-        ],
-        targets=[webhook_target(receiver.url)],
-    )
+    herald = idle_deployment(tmp_path, broker, receiver, topic)
     changelog = changelog_of(herald)
     now = int(time.time() * 1000)
     compacted = {changelog: {"cleanup.policy": "compact"}}

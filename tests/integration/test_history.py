@@ -17,10 +17,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import requests
 import schemathesis
 from aiokafka.admin import AIOKafkaAdminClient
@@ -36,17 +34,6 @@ from tests.support.kafka import produce
 ADMIN_KEY = "herald-admin-key"
 ADMIN_SECRET = "admin-Secret-for-history-5d2c"
 RETENTION_SECONDS = 2 * 24 * 3600
-
-
-@pytest.fixture
-def echoing() -> Iterator[EchoingReceiver]:
-    """A receiver that answers 200 (the failing path: 400), echoing the request's headers."""
-    server = EchoingReceiver(default=Reply(200))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def hook(name: str, topic: str, condition: str) -> dict[str, Any]:

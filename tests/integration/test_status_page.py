@@ -24,7 +24,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from agents.embedded.receiver import Reply
-from tests.integration.test_history import get
+from tests.integration.test_history import get, hook
 from tests.integration.test_secrets import EchoingReceiver
 from tests.support.admin_calls import raw, token_for
 from tests.support.herald import deploy, wait_until, webhook_target
@@ -52,17 +52,6 @@ FLOWING_RGB = ((0x25, 0x63, 0xEB), (0x16, 0xA3, 0x4A))
 
 
 @pytest.fixture
-def echoing() -> Iterator[EchoingReceiver]:
-    """A receiver that answers 200, and echoes the request's headers in its failures."""
-    server = EchoingReceiver(default=Reply(200))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def page() -> Iterator[Page]:
     """A page of Debian's Chromium (never a browser Playwright downloads), with every
     console error and uncaught exception collected in `page.errors`."""
@@ -85,16 +74,6 @@ def page() -> Iterator[Page]:
             yield page
         finally:
             browser.close()
-
-
-def hook(name: str, topic: str, condition: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "event": f"kafka:local:{topic}",
-        "condition": condition,
-        "active": True,
-        "actions": [{"action": "webhook", "webhook": {"url": name, "body": {"n": "${n}"}}}],
-    }
 
 
 def produce_while(bootstrap: str, topic: str, stop: threading.Event) -> threading.Thread:

@@ -4,6 +4,7 @@ handler, status, time and source record, and the per-handler answer for one sour
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from streams.history import (
     DEAD_LETTER,
     EXECUTION,
     NO_RECORD,
+    Entry,
     HistoryIndex,
     audit_entry,
     execution_entry,
@@ -318,3 +320,16 @@ def test_a_topic_retention_other_than_the_configured_one_is_said_with_the_fix() 
     assert "1 d" in text and "7 d" in text
     assert "--entity-name hx-executions --add-config retention.ms=604800000" in text
     assert mismatch("hx-executions", 5, 5, "k:9092") is None
+
+
+def test_kept_entries_and_the_message_index_are_left_out_of_garbage_collections() -> None:
+    """A worker holds up to 100,000 entries: as tuples of strings, numbers and bytes the
+    collector stops tracking them, so full collections do not walk them (bench L's p99)."""
+    index = HistoryIndex(1000, None)
+    for i in range(1000):
+        entry = Entry(EXECUTION, f"id{i}", 1, "h", "COMPLETED", f"local/t/0/{i % 500}", b"{}")
+        index.add(entry, 1)
+    gc.collect()
+    assert not any(gc.is_tracked(kept) for kept in index._entries.values())
+    assert not any(gc.is_tracked(idents) for idents in index._by_message.values())
+    assert [e.key for e in index.for_message("local/t/0/7", 1)] == ["id7", "id507"]
