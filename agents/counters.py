@@ -21,6 +21,10 @@ from dataclasses import dataclass, field, fields
 
 from streams.actions.base import ActionRequest
 
+#: A handler's counts on the status page (`GET /api/herald/status`), as its answer and its
+#: OpenAPI schema (agents.admin.openapi) both name them.
+HANDLER_COUNTS = ("matched", "conditionFalse", "produced", "delivered", "deadLettered", "retries")
+
 #: Upper bounds (seconds) of the delivery-duration histogram: local endpoints answer in
 #: milliseconds; retries under the default policy can take up to 30 minutes.
 DELIVERY_BUCKETS: tuple[float, ...] = (

@@ -326,8 +326,13 @@ class HistoryIndex:
         self.evicted_by_age += count
         return count
 
+    def _oldest(self, now_ms: int) -> int | None:
+        """The earliest `created` still within the retention (None: no retention)."""
+        return None if self.retention_ms is None else now_ms - self.retention_ms
+
     def _expired(self, entry: Entry, now_ms: int) -> bool:
-        return self.retention_ms is not None and entry.created < now_ms - self.retention_ms
+        oldest = self._oldest(now_ms)
+        return oldest is not None and entry.created < oldest
 
     def _forget(self, ident: tuple[str, str], entry: Entry) -> None:
         del self._entries[ident]
@@ -347,7 +352,7 @@ class HistoryIndex:
 
     def _newest(self, now_ms: int) -> Iterator[tuple[Any, ...]]:
         """Every kept tuple within the retention, the last read first."""
-        oldest = None if self.retention_ms is None else now_ms - self.retention_ms
+        oldest = self._oldest(now_ms)
         for kept in reversed(self._entries.values()):
             if oldest is None or kept[_CREATED] >= oldest:
                 yield kept

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agents.counters import HANDLER_COUNTS
 from streams.access import ACCESS, ROLES, SUBJECT_TYPES, TARGET_TYPES
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -698,29 +699,13 @@ def document() -> dict[str, Any]:
             },
             "HandlerStatus": {
                 "type": "object",
-                "required": [
-                    "name",
-                    "integration",
-                    "topic",
-                    "active",
-                    "matched",
-                    "conditionFalse",
-                    "produced",
-                    "delivered",
-                    "deadLettered",
-                    "retries",
-                ],
+                "required": ["name", "integration", "topic", "active", *HANDLER_COUNTS],
                 "properties": {
                     "name": text,
                     "integration": text,
                     "topic": text,
                     "active": {"type": "boolean"},
-                    "matched": count,
-                    "conditionFalse": count,
-                    "produced": count,
-                    "delivered": count,
-                    "deadLettered": count,
-                    "retries": count,
+                    **dict.fromkeys(HANDLER_COUNTS, count),
                 },
             },
             "HeraldStatus": {

@@ -35,7 +35,7 @@ from faust.web import Request, Response, View
 
 from agents.admin.changes import shown
 from agents.admin.tokens import Caller
-from agents.counters import DELIVERED, FAILED, Counters
+from agents.counters import DELIVERED, FAILED, HANDLER_COUNTS, Counters
 
 if TYPE_CHECKING:
     from agents.admin.api import Admin
@@ -192,17 +192,7 @@ def _handlers(admin: Admin, caller: Caller, counters: Counters) -> list[dict[str
                 "integration": handler.integration,
                 "topic": handler.topic,
                 "active": handler.spec.active,
-                **{
-                    field: counts[field]
-                    for field in (
-                        "matched",
-                        "conditionFalse",
-                        "produced",
-                        "delivered",
-                        "deadLettered",
-                        "retries",
-                    )
-                },
+                **{field: counts[field] for field in HANDLER_COUNTS},
             }
         )
     return sorted(out, key=lambda h: h["name"])
