@@ -297,6 +297,21 @@ def _cpu_note(m: Measurement) -> str | None:
     return ", ".join(parts) or None
 
 
+def _ramp_line(d: dict[str, Any]) -> str:
+    """L's ramp (the same stream before the measured phase, not counted), for L and its hop."""
+    line = (
+        "the ramp before the phase (same stream, not counted): p50/p99/max "
+        f"{_num(d.get('ramp_p50_ms'), '', '.1f')}/{_num(d.get('ramp_p99_ms'), '', '.1f')}/"
+        f"{_num(d.get('ramp_max_ms'), '', '.1f')} ms"
+    )
+    if d.get("ramp_first_second_p99_ms") is not None:
+        line += (
+            f", its first second p99 {_num(d.get('ramp_first_second_p99_ms'), '', '.1f')} ms, "
+            f"{d.get('ramp_over_1s')} > 1 s"
+        )
+    return line
+
+
 def _detail_lines(m: Measurement) -> list[str]:
     """The facts worth reading under the table for one measurement."""
     d = m.details
@@ -332,6 +347,8 @@ def _detail_lines(m: Measurement) -> list[str]:
         if d.get(key):
             sixths = "/".join(_num(v, "", ".0f") for v in d[key])
             facts.append(f"p50 by sixth of the phase {sixths} ms")
+    if d.get("ramp_p99_ms") is not None:
+        facts.append(_ramp_line(d))
     if d.get("all_delivered_after_last_send_s") is not None:
         facts.append(f"all delivered {d['all_delivered_after_last_send_s']}s after the last send")
     if m.name == "M":

@@ -90,6 +90,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--steady-rate", type=float, default=1000.0, help="L's produce rate, events/s")
     add("--steady-seconds", type=float, default=60.0, help="L's duration (0 skips L)")
     add(
+        "--steady-ramp-seconds",
+        type=float,
+        default=5.0,
+        help="L's ramp: the same steady stream first, for this long, not measured (its figures "
+        "are in the notes)",
+    )
+    add(
         "--fetch-max-wait-ms",
         type=int,
         default=None,
@@ -199,6 +206,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "sequential_seconds": args.sequential_seconds,
         "steady_rate": args.steady_rate,
         "steady_seconds": args.steady_seconds,
+        "steady_ramp_seconds": args.steady_ramp_seconds,
         "memory_keys": args.memory_keys,
         "partitions": PARTITIONS,
         "herald": herald.settings(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -88,32 +89,48 @@ async def preload(
 
 
 async def steady(
-    bootstrap: str, topic: str, rate: float, seconds: float, alarm_every: int, first_seq: int
+    bootstrap: str,
+    topic: str,
+    rate: float,
+    seconds: float,
+    alarm_every: int,
+    first_seq: int,
+    *,
+    ramp_seconds: float = 0.0,
+    on_measured: Callable[[], None] | None = None,
 ) -> tuple[int, float]:
-    """Produce ``rate`` events a second for ``seconds``; return (events sent, seconds taken).
+    """Produce ``rate`` events a second for ``ramp_seconds`` then ``seconds``; return (events
+    sent after the ramp, seconds they took).
 
     Events are released on a 5 ms clock, each stamped (``ts``) just before it is handed to the
-    producer, which sends without lingering.
+    producer, which sends without lingering. The ramp's events come first (``first_seq`` on)
+    in the same stream; ``on_measured`` is called as the first event after them is sent.
     """
-    total = int(rate * seconds)
+    ramp = int(rate * ramp_seconds)
+    total = ramp + int(rate * seconds)
     producer = _producer(bootstrap, linger_ms=0)
     await producer.start()
     pending: list[asyncio.Future[Any]] = []
     try:
         started = time.monotonic()
+        measured_from = started
         sent = 0
         while sent < total:
             due = min(total, int((time.monotonic() - started) * rate) + 1)
             while sent < due:
+                if sent == ramp:
+                    measured_from = time.monotonic()
+                    if on_measured is not None:
+                        on_measured()
                 key, value = event(first_seq + sent, alarm_every)
                 pending.append(await producer.send(topic, value, key=key))
                 sent += 1
             await asyncio.sleep(0.005)
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - measured_from
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
-    return sent, elapsed
+    return sent - ramp, elapsed
 
 
 async def steady_with_hop(
@@ -123,10 +140,14 @@ async def steady_with_hop(
     seconds: float,
     first_seq: int,
     fetch_max_wait_ms: int,
-) -> tuple[int, float, list[float]]:
+    *,
+    ramp_seconds: float = 0.0,
+    on_measured: Callable[[], None] | None = None,
+) -> tuple[int, float, list[float], list[float]]:
     """`steady`, with a bare aiokafka consumer reading the same topic meanwhile: the broker's
     own one-hop latency (receipt - ``ts``, ms) for the same events at the same time, so
-    Herald's figure can be read against what the broker alone gives."""
+    Herald's figure can be read against what the broker alone gives. Returns (events sent
+    after the ramp, their seconds, their hop latencies, the ramp's hop latencies)."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -137,6 +158,8 @@ async def steady_with_hop(
     await consumer.start()
     await consumer.seek_to_end()
     latencies: list[float] = []
+    ramp_latencies: list[float] = []
+    measured_seq = first_seq + int(rate * ramp_seconds)
     expected = int(rate * seconds)
 
     async def read() -> None:
@@ -148,11 +171,21 @@ async def steady_with_hop(
                     seq = SEQ.search(record.value)
                     ts = TS.search(record.value)
                     if seq and ts and int(seq.group(1)) >= first_seq:
-                        latencies.append(now - float(ts.group(1)))
+                        into = latencies if int(seq.group(1)) >= measured_seq else ramp_latencies
+                        into.append(now - float(ts.group(1)))
 
     reader = asyncio.ensure_future(read())
     try:
-        sent, elapsed = await steady(bootstrap, topic, rate, seconds, 1, first_seq)
+        sent, elapsed = await steady(
+            bootstrap,
+            topic,
+            rate,
+            seconds,
+            1,
+            first_seq,
+            ramp_seconds=ramp_seconds,
+            on_measured=on_measured,
+        )
         try:
             await asyncio.wait_for(asyncio.shield(reader), timeout=30)
         except TimeoutError:
@@ -160,7 +193,7 @@ async def steady_with_hop(
     finally:
         reader.cancel()
         await consumer.stop()
-    return sent, elapsed, latencies
+    return sent, elapsed, latencies, ramp_latencies
 
 
 async def committed_lag(bootstrap: str, group: str, topic: str) -> int | None:

@@ -9,6 +9,7 @@ condition, action record, sink hop, HTTP), on one clock since everything runs on
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -16,7 +17,16 @@ from agents.embedded.broker import create_topics, run_sync
 from agents.embedded.worker import WorkerError
 from bench import herald, workload
 from bench.cases import PARTITIONS, Context
-from bench.harness import Measurement, Receiver, broker_cpu, cpu_seconds, percentile, wait_for
+from bench.harness import (
+    RESULTS,
+    Measurement,
+    Profiler,
+    Receiver,
+    broker_cpu,
+    cpu_seconds,
+    percentile,
+    wait_for,
+)
 from bench.herald import WORKING, Tree
 from streams.config.models import HeraldSettings
 
@@ -63,23 +73,59 @@ def run(ctx: Context, tree: Tree = WORKING) -> None:
         herald.write_config(here / "herald.yaml", content), here / "worker", tree
     )
     worker.start()
+    phase: dict[str, Any] = {}  # the measured phase's start, CPU then, and profiler
     try:
         worker.wait_http_ready(timeout=180)
         _warm_up(ctx, topic, receiver)
-        cpu_before = cpu_seconds(worker.pid)
-        phase_start = time.time()
-        since_ms = phase_start * 1000
-        sent, elapsed, broker_hop = run_sync(
-            lambda: workload.steady_with_hop(ctx.bootstrap, topic, rate, seconds, WARMUP, wait_ms)
+        ramp = float(ctx.args.steady_ramp_seconds)
+        measured_seq = WARMUP + int(rate * ramp)
+
+        def measured() -> None:
+            """The ramp is over: the measured phase (and its CPU, and its profile) starts."""
+            if ctx.args.profile:
+                phase["profiler"] = Profiler(worker.pid or 0, RESULTS / f"profile-L{tree.slug}.txt")
+            phase["cpu"] = cpu_seconds(worker.pid)
+            phase["start"] = time.time()
+
+        ramp_start_ms = time.time() * 1000
+        sent, elapsed, broker_hop, ramp_hop = run_sync(
+            lambda: workload.steady_with_hop(
+                ctx.bootstrap,
+                topic,
+                rate,
+                seconds,
+                WARMUP,
+                wait_ms,
+                ramp_seconds=ramp,
+                on_measured=measured,
+            )
         )
+        profiler = phase.get("profiler")
+        cpu_before, phase_start = phase.get("cpu"), phase["start"]
+        since_ms = phase_start * 1000
         produced_end = time.time()
-        done = wait_for(lambda: receiver.unique() >= WARMUP + sent, timeout=max(120, sent / 100))
+        done = wait_for(
+            lambda: receiver.unique() >= measured_seq + sent, timeout=max(120, sent / 100)
+        )
         cpu_after = cpu_seconds(worker.pid)
         phase_end = time.time()
-        samples = [s for s in receiver.samples() if s[0] is not None and s[0] >= WARMUP]
+        if profiler is not None:
+            profiler.stop()
+            m.details["profiles"] = [str(profiler.output)]
+        everything = [s for s in receiver.samples() if s[0] is not None and s[0] >= WARMUP]
+        samples = [s for s in everything if s[0] >= measured_seq]
+        _ramp_figures(m, [s for s in everything if s[0] < measured_seq], ramp, ramp_start_ms)
+        if ctx.args.keep:  # every event's [seq, ts_ms, kafka_ts_ms, arrival_s], to study
+            (here / "samples.json").write_text(json.dumps(everything))
+            actions = f"{content['herald']['topicPrefix']}-actions"
+            stamps = run_sync(
+                lambda: workload.record_timestamps(ctx.bootstrap, actions, ramp_start_ms)
+            )
+            (here / "action-timestamps.json").write_text(json.dumps(stamps))
         _figures(m, samples, sent)
         m.details.update(
             offered_rate=rate,
+            ramp_seconds=ramp,
             fetch_max_wait_ms=wait_ms,
             produce_seconds=round(elapsed, 2),
             sent=sent,
@@ -103,6 +149,9 @@ def run(ctx: Context, tree: Tree = WORKING) -> None:
             over_1s=sum(1 for v in broker_hop if v > SLOW_MS),
             read=len(broker_hop),
             by_sixth=_by_sixth(broker_hop),
+            ramp_p50_ms=percentile(ramp_hop, 50),
+            ramp_p99_ms=percentile(ramp_hop, 99),
+            ramp_max_ms=max(ramp_hop) if ramp_hop else None,
         )
         ctx.record(hop)
         m.details["p50_by_sixth_ms"] = _by_sixth(_in_order(samples))
@@ -119,6 +168,8 @@ def run(ctx: Context, tree: Tree = WORKING) -> None:
     except (WorkerError, TimeoutError, RuntimeError, OSError) as exc:
         m.fail(exc)
     finally:
+        if phase.get("profiler") is not None:
+            phase["profiler"].stop()
         m.details["worker_stats"] = herald.stats(worker)
         m.details["worker_cwd"] = herald.process_cwd(worker)
         m.details["herald_tree"] = tree.rev or "working tree"
@@ -178,6 +229,26 @@ def _figures(m: Measurement, samples: list[list[Any]], sent: int) -> None:
         p99_ms=m.value,
         max_ms=max(latencies) if latencies else None,
         over_1s=sum(1 for v in latencies if v > SLOW_MS),
+    )
+
+
+def _ramp_figures(
+    m: Measurement, samples: list[list[Any]], ramp: float, ramp_start_ms: float
+) -> None:
+    """The ramp's latency, beside the phase's: its first second is when the load generator's
+    producer and the hop consumer connect and the worker goes from idle to the steady rate."""
+    if not samples:
+        return
+    latencies = [s[3] * 1000 - s[1] for s in samples if s[1] is not None]
+    first = [
+        s[3] * 1000 - s[1] for s in samples if s[1] is not None and s[1] < ramp_start_ms + 1000
+    ]
+    m.details.update(
+        ramp_p50_ms=percentile(latencies, 50),
+        ramp_p99_ms=percentile(latencies, 99),
+        ramp_max_ms=max(latencies) if latencies else None,
+        ramp_first_second_p99_ms=percentile(first, 99),
+        ramp_over_1s=sum(1 for v in latencies if v > SLOW_MS),
     )
 
 
