@@ -31,7 +31,7 @@ from agents.heartbeats import register_heartbeats
 from agents.history import register_history
 from agents.idempotence import IdempotentHeraldApp
 from agents.integration_source import IntegrationSource
-from agents.limits import record_limit, topic_limits
+from agents.limits import batch_limit, record_limit, topic_limits
 from agents.metrics import worker_registry
 from agents.monitor import HeraldMonitor
 from agents.rules import RuleSet
@@ -119,6 +119,7 @@ def create_app(checked: Checked) -> faust.App:
         producer_linger=settings.producerLingerMs / 1000.0,
         producer_compression_type=home.producer_compression,
         producer_max_request_size=home.maxRequestSize,
+        producer_max_batch_size=batch_limit(settings.producerBatchBytes, home.maxRequestSize),
         broker_commit_interval=settings.commitIntervalSeconds,
         broker_session_timeout=settings.sessionTimeoutSeconds,
         recovery_consistency_check=settings.recoveryConsistencyCheck,
@@ -161,7 +162,14 @@ def create_app(checked: Checked) -> faust.App:
 
     @app.task
     async def read_topic_limits() -> None:
-        await fit_to_topic_limits(source, home, [topics.actions, *topics.dead_letters.values()])
+        await fit_to_topic_limits(
+            app,
+            source,
+            home,
+            [topics.actions, *topics.dead_letters.values()],
+            [topics.executions, tables.dedupe.changelog_topic, tables.rules.changelog_topic],
+            settings.producerBatchBytes,
+        )
 
     sink = SinkRunner(runtime, batch_channel(app, buffered))
     app.topics.add_batch_channel(topics.actions, sink.channel)  # type: ignore[attr-defined]
@@ -235,21 +243,35 @@ def create_app(checked: Checked) -> faust.App:
 
 
 async def fit_to_topic_limits(
-    source: SourceRunner, home: Integration, topics: list[faust.TopicT]
+    app: faust.App,
+    source: SourceRunner,
+    home: Integration,
+    topics: list[faust.TopicT],
+    others: list[faust.TopicT],
+    batch_bytes: int,
 ) -> None:
-    """Lower the source agent's record limit to the topics' max.message.bytes, where the
-    broker says it (agents.limits)."""
+    """Lower the source agent's record limit to the max.message.bytes of the topics it writes,
+    and the producer's batch size to that of every topic Herald writes, where the broker says
+    it (agents.limits)."""
     names = [topic.get_topic_name() for topic in topics]
-    limits = await topic_limits(home, names)
-    if limits:
-        source.max_record_bytes = record_limit(home.maxRequestSize, limits.values())
-        log.info(
-            "records to %s fitted under %d bytes (maxRequestSize %d, max.message.bytes %s)",
-            ", ".join(names),
-            source.max_record_bytes,
-            home.maxRequestSize,
-            limits,
-        )
+    other_names = [topic.get_topic_name() for topic in others]
+    limits = await topic_limits(home, names + other_names)
+    if not limits:
+        return
+    source.max_record_bytes = record_limit(
+        home.maxRequestSize, [v for k, v in limits.items() if k in names]
+    )
+    log.info(
+        "records to %s fitted under %d bytes (maxRequestSize %d, max.message.bytes %s)",
+        ", ".join(names),
+        source.max_record_bytes,
+        home.maxRequestSize,
+        limits,
+    )
+    batch = batch_limit(batch_bytes, home.maxRequestSize, limits.values())
+    lower = getattr(app.producer, "lower_batch_size", None)
+    if lower is not None and batch < app.conf.producer_max_batch_size:
+        lower(batch)
 
 
 def _highwater(consumer: faust.types.ConsumerT) -> Callable[[TP], int | None]:

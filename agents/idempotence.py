@@ -135,6 +135,16 @@ class HeraldProducer(aiokafka_driver.Producer):
         )
         await super().on_start()
 
+    def lower_batch_size(self, size: int) -> None:
+        """Hold batches under `size` bytes from now on (a topic's max.message.bytes, read after
+        the producer started: agents.app.fit_to_topic_limits). The running aiokafka producer
+        has no setter: its accumulator's size is what every new batch is built with."""
+        self.max_batch_size = size
+        accumulator = getattr(self._producer, "_message_accumulator", None)
+        if accumulator is not None and hasattr(accumulator, "_batch_size"):
+            accumulator._batch_size = size
+        log.info("producer batches held under %d bytes (a topic's max.message.bytes)", size)
+
     def _settings_extra(self) -> Mapping[str, Any]:
         if self.idempotent:
             return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}

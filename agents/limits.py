@@ -2,7 +2,9 @@
 
 Two limits refuse a record: the producer's `max.request.size` (the integration's
 `maxRequestSize`; aiokafka raises MessageSizeTooLargeError before sending) and the topic's
-`max.message.bytes` on the broker (the broker answers MESSAGE_TOO_LARGE). Herald must never
+`max.message.bytes` on the broker (the broker answers MESSAGE_TOO_LARGE), which it applies to
+each producer batch as a whole: so the producer's batch size is held under the same limits
+(`batch_limit`). Herald must never
 let either reach an agent (issue 10), so the source agent fits every action request and dead
 letter under the smaller of the two (`agents.sources.fit_to_limit`). The topic's limit is read
 with DescribeConfigs where the broker answers it (Apache Kafka does; the embedded tansu does
@@ -82,3 +84,12 @@ def record_limit(max_request_size: int, topic_max_bytes: Iterable[int]) -> int:
     every topic's max.message.bytes (a batch of one record adds ~70 bytes of framing)."""
     limits = [max_request_size, *topic_max_bytes]
     return max(min(limits) - RECORD_OVERHEAD, 1024)
+
+
+def batch_limit(
+    batch_bytes: int, max_request_size: int, topic_max_bytes: Iterable[int] = ()
+) -> int:
+    """The producer's batch size per partition (aiokafka's max_batch_size, Kafka's batch.size):
+    `herald.producerBatchBytes`, under what one record may be, since a batch goes to the broker
+    as one message set, which it checks against the topic's max.message.bytes."""
+    return min(batch_bytes, record_limit(max_request_size, topic_max_bytes))

@@ -128,3 +128,30 @@ def test_a_limit_lowered_while_running_turns_the_refusal_into_a_dead_letter(
         assert "We experienced a crash" not in worker.log_text()
     finally:
         herald.stop()
+
+
+def test_producer_batches_stay_under_the_topics_max_message_bytes(
+    kafka_broker, receiver: Receiver, unique_topic, tmp_path: Path
+) -> None:
+    """The broker applies max.message.bytes to each producer batch, and Herald's batches hold
+    up to `producerBatchBytes` (1,000,000): a burst of records well under the topics' limit
+    must not be sent as one batch over it (refused, so dead-lettered or retried)."""
+    topic = unique_topic("batches")
+    herald = deployment(tmp_path, kafka_broker.bootstrap, receiver, topic)
+    capped = {"max.message.bytes": str(LIMIT)}
+    create_topics(
+        kafka_broker.bootstrap,
+        {f"{herald.prefix}-actions": 4, f"{herald.prefix}-executions": 4},
+        configs={f"{herald.prefix}-actions": capped, f"{herald.prefix}-executions": capped},
+    )
+    try:
+        worker = herald.start_worker()
+        worker.wait_ready(60, pattern="producer batches held under")
+        # 400 actions of ~4 KB on one key (one partition) in one burst: ~1.6 MB at once
+        produce(kafka_broker.bootstrap, topic, events(0, 400, pad=2_000))
+        wait_all(receiver, set(range(400)), timeout=120)
+        assert consume(kafka_broker.bootstrap, herald.dlq_topic, 1, timeout=5) == []
+        assert "MessageSizeTooLarge" not in worker.log_text()
+        assert worker.running
+    finally:
+        herald.stop()

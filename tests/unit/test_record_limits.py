@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agents.limits import RECORD_OVERHEAD, batch_limit
 from agents.sources import fit_to_limit, max_record_bytes
 from streams.actions.base import ActionRequest
 from streams.deadletter import for_envelope
@@ -56,3 +57,11 @@ def test_a_dead_letter_over_the_limit_keeps_everything_but_the_value() -> None:
     assert small.value is None
     assert small.reason.startswith("not UTF-8") and "50000 bytes" in small.reason
     assert value == small.to_bytes() and len(value) < 10_000
+
+
+def test_the_producer_batch_stays_under_the_request_size_and_every_topic_limit() -> None:
+    """A batch is one message set to the broker, checked against max.message.bytes."""
+    assert batch_limit(1_000_000, 1_048_576) == 1_000_000  # the setting, when it fits
+    assert batch_limit(1_000_000, 524_288) == 524_288 - RECORD_OVERHEAD
+    assert batch_limit(1_000_000, 1_048_576, [1_048_588, 60_000]) == 60_000 - RECORD_OVERHEAD
+    assert batch_limit(16_384, 1_048_576, [60_000]) == 16_384
