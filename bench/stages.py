@@ -67,6 +67,10 @@ class _Table(dict):
         fut.set_result(None)
         self.last_changelog = fut
 
+    async def put_through(self, partition: int, key: bytes, value: bytes) -> asyncio.Future:
+        self[key] = value
+        return self.last_changelog
+
 
 class _Instant(Delivery):
     async def deliver(self, request: ActionRequest, ctx: Any, target: Any) -> dict:

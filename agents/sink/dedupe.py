@@ -7,8 +7,9 @@ skipped; one in a window of an earlier delivery of the same user key is skipped 
 marked, so a redelivery of it is a plain repeat).
 
 A mark counts only once its changelog write is acknowledged: `check` and `mark` hand that write
-back, read right after the table write and before any await, since other lanes write to the
-same table meanwhile.
+back (`check` reads it right after the table write and before any await, since other lanes
+write to the same table meanwhile; `mark` gets it from `DurableTable.put_through`, the short
+way of a write, which the sink's every delivery makes).
 
 Entries expire (agents.sink.expiry): a mark `herald.dedupeRetentionSeconds` after its delivery,
 a window's entry once the window is over. Until the sweeper deletes it, an expired mark still
@@ -34,6 +35,7 @@ class ChangelogTable(Protocol):
     def __contains__(self, key: object) -> bool: ...
     def __getitem__(self, key: bytes) -> bytes: ...
     def __setitem__(self, key: bytes, value: bytes) -> None: ...
+    async def put_through(self, partition: int, key: bytes, value: bytes) -> asyncio.Future: ...
 
 
 #: Keys of user-level dedupe windows; every other key is a delivery id (32 hex digits).
@@ -67,16 +69,19 @@ class Dedupe:
             return Repeat(IN_WINDOW, self._last_write())
         return None
 
-    def mark(self, request: ActionRequest, delivered_ms: int) -> asyncio.Future | None:
-        """Mark the delivery done (and open its user key's window); returns the changelog
-        write the record waits for before it counts as finished."""
+    async def mark(
+        self, request: ActionRequest, delivered_ms: int, partition: int
+    ) -> asyncio.Future:
+        """Mark the delivery done (and open its user key's window) in `partition` (the action
+        record's: the table is partitioned like the actions topic); returns the changelog
+        write the record waits for before it counts as finished (the mark's, written after
+        the window's to the same partition)."""
         table = self.table
         user_key = _user_key(request)
         if user_key is not None and request.dedupe_window_s:
             window_ms = int(request.dedupe_window_s * 1000)
-            table[user_key] = str(delivered_ms + window_ms).encode()
-        table[request.id.encode()] = str(delivered_ms).encode()
-        return self._last_write()
+            await table.put_through(partition, user_key, str(delivered_ms + window_ms).encode())
+        return await table.put_through(partition, request.id.encode(), str(delivered_ms).encode())
 
     def _last_write(self) -> asyncio.Future | None:
         return self.table.last_changelog

@@ -116,7 +116,7 @@ class SinkRunner:
             await self.letters.unreadable(record, f"unreadable action record: {exc!r}")
             return None
         try:
-            return await self._deliver(request)
+            return await self._deliver(request, job.tp.partition)
         except (asyncio.CancelledError, Stopping):
             raise
         except Exception as exc:  # a bug: dead-letter with the reason rather than lose it
@@ -124,7 +124,7 @@ class SinkRunner:
             await self._dead_letter(request, f"internal error: {exc!r}", attempts=0)
             return None
 
-    async def _deliver(self, request: ActionRequest) -> asyncio.Future | None:
+    async def _deliver(self, request: ActionRequest, partition: int) -> asyncio.Future | None:
         repeat = self.dedupe.check(request, int(time.time() * 1000))
         if repeat is not None:
             if repeat.reason == ALREADY_DELIVERED:
@@ -151,7 +151,7 @@ class SinkRunner:
             # The record is finished only once the mark is durable: a record redelivered
             # after a crash is then either undelivered or skipped, except the ones in flight
             # at the crash.
-            durable = self.dedupe.mark(request, int(time.time() * 1000))
+            durable = await self.dedupe.mark(request, int(time.time() * 1000), partition)
             self.counters.delivered += 1
             self.counters.count_delivery(request, DELIVERED)
             await self.executions.write(

@@ -156,20 +156,31 @@ def test_records_of_a_revoked_partition_behind_a_lane_are_dropped_not_delivered(
 
 
 class Table(dict):
-    """The dedupe table as the stage sees it: a mapping and its last changelog write."""
+    """The dedupe table as the stage sees it: a mapping and its last changelog write, and
+    the short way of a write (`DurableTable.put_through`), by partition."""
 
     last_changelog: Any = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.partitions: dict[bytes, int] = {}
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         super().__setitem__(key, value)
         self.last_changelog = ("write", key)
 
+    async def put_through(self, partition: int, key: bytes, value: bytes) -> Any:
+        super().__setitem__(key, value)
+        self.partitions[key] = partition
+        return ("put", partition, key)
+
 
 def test_dedupe_marks_a_delivery_and_skips_its_repeat() -> None:
-    dedupe = Dedupe(Table())
+    table = Table()
+    dedupe = Dedupe(table)
     assert dedupe.check(request(), now_ms=1_000) is None
-    durable = dedupe.mark(request(), delivered_ms=1_000)
-    assert durable == ("write", b"d1")  # the write the record waits for
+    durable = asyncio.run(dedupe.mark(request(), delivered_ms=1_000, partition=3))
+    assert durable == ("put", 3, b"d1")  # the write the record waits for, in its partition
     repeat = dedupe.check(request(), now_ms=2_000)
     assert repeat is not None and repeat.reason == ALREADY_DELIVERED
     assert repeat.durable is None  # nothing new written
@@ -178,8 +189,9 @@ def test_dedupe_marks_a_delivery_and_skips_its_repeat() -> None:
 def test_dedupe_window_skips_another_delivery_of_the_same_user_key_until_it_ends() -> None:
     table = Table()
     dedupe = Dedupe(table)
-    dedupe.mark(request("d1", "db-down", window=60), delivered_ms=1_000)
+    asyncio.run(dedupe.mark(request("d1", "db-down", window=60), delivered_ms=1_000, partition=2))
     assert table[b"u:db-down"] == b"61000"
+    assert table.partitions == {b"u:db-down": 2, b"d1": 2}  # both in the record's partition
 
     within = dedupe.check(request("d2", "db-down", window=60), now_ms=30_000)
     assert within is not None and within.reason == IN_WINDOW
