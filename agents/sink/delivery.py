@@ -17,6 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from aiokafka.errors import MessageSizeTooLargeError
+
 from agents.counters import Counters
 from agents.sink.stopping import StopSignal
 from streams import executions
@@ -44,13 +46,38 @@ class ExecutionLog:
 
     async def write(self, request: ActionRequest, status: str, **fields: Any) -> None:
         """Write one record (handed to the producer: durable with the producer's next flush,
-        which Faust's commit waits for)."""
+        which Faust's commit waits for).
+
+        Never raises: the record tells of an outcome that already stands (the delivery
+        happened and is marked, or its dead letter is written), so a record the producer
+        refuses must not become a second outcome (the sink would dead-letter a delivered
+        record as an internal error). One over the producer's size limit (a payload near
+        the limit, with the result and the record's fields on top) is written again
+        without its payload; any other refusal is logged."""
         action = action_delivery(request.action)
         redacted = action.redact(request.payload) if action is not None else None
         rec = executions.record(request, status, redacted_payload=redacted, **fields)
-        await self._send(
-            self.topic, request.id.encode(), executions.to_bytes(rec), None, None, None
-        )
+        key = request.id.encode()
+        try:
+            await self._send(self.topic, key, executions.to_bytes(rec), None, None, None)
+            return
+        except MessageSizeTooLargeError as exc:
+            log.warning(
+                "the execution record of %s (%s) is over the producer's limit (%s): "
+                "written without its payload",
+                request.id,
+                status,
+                exc,
+            )
+        except Exception as exc:
+            _not_written(request, status, exc)
+            return
+        rec["payload"] = None
+        rec["payloadOmitted"] = "over the producer's size limit"
+        try:
+            await self._send(self.topic, key, executions.to_bytes(rec), None, None, None)
+        except Exception as exc:
+            _not_written(request, status, exc)
 
     def write_soon(self, request: ActionRequest, status: str, **fields: Any) -> None:
         """Write a record without waiting for it; `drain` waits for these, and a failure is
@@ -68,6 +95,10 @@ class ExecutionLog:
         """Wait (up to `timeout` seconds) for the records `write_soon` is still writing."""
         if self._writing:
             await asyncio.wait(list(self._writing), timeout=timeout)
+
+
+def _not_written(request: ActionRequest, status: str, exc: Exception) -> None:
+    log.warning("could not write the execution record of %s (%s): %r", request.id, status, exc)
 
 
 class Delivery:

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from faust.types import TP
 
 from agents.counters import Counters
@@ -278,3 +279,43 @@ def test_a_stop_cuts_the_wait_between_attempts_short() -> None:
 
     with pytest.raises(Stopping):
         run(scenario)
+
+
+class _Limited:
+    """A producer that refuses, as aiokafka does before sending, a record over `limit`."""
+
+    def __init__(self, limit: int, fail: Exception | None = None) -> None:
+        self.limit = limit
+        self.fail = fail
+        self.records: list[bytes] = []
+
+    async def send(self, topic: str, key: bytes, value: bytes, *rest: Any) -> None:
+        if self.fail is not None:
+            raise self.fail
+        if len(value) > self.limit:
+            raise MessageSizeTooLargeError(f"{len(value)} bytes")
+        self.records.append(value)
+
+
+def test_an_execution_record_over_the_producers_limit_is_written_without_its_payload() -> None:
+    """The delivery it tells of already happened: refusing its record must not raise into
+    the sink, which would dead-letter a delivered record as an internal error."""
+    producer = _Limited(limit=2_000)
+    log = ExecutionLog(producer.send, "executions")
+    big = request()
+    big.payload = {"text": "x" * 5_000}
+
+    run(lambda: log.write(big, "COMPLETED", attempts=1, result={"status": 202}))
+    (value,) = producer.records
+    assert b'"status":"COMPLETED"' in value and b'"payload":null' in value
+    assert b"payloadOmitted" in value and b"xxxx" not in value
+
+
+def test_an_execution_record_the_producer_refuses_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    producer = _Limited(limit=10_000, fail=KafkaTimeoutError("accumulator full"))
+    log = ExecutionLog(producer.send, "executions")
+    run(lambda: log.write(request(), "COMPLETED", attempts=1))
+    assert producer.records == []
+    assert "could not write the execution record of d1" in caplog.text
