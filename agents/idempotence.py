@@ -43,6 +43,7 @@ from aiokafka.errors import for_code
 from aiokafka.protocol.transaction import InitProducerIdRequest
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
+from agents.producer import Headers, send_alone
 from agents.transport import HeraldApp, HeraldTransport
 
 log = logging.getLogger("herald.producer")
@@ -119,7 +120,7 @@ async def supports_idempotence(client_kwargs: Mapping[str, Any], timeout: float 
 
 class HeraldProducer(aiokafka_driver.Producer):
     """Faust's aiokafka producer, idempotent (``enable_idempotence``, ``acks=all``) when the
-    broker supports it."""
+    broker supports it, and able to send a record alone (`send_alone`)."""
 
     #: Set by :meth:`on_start` from the broker's answer.
     idempotent: bool = False
@@ -144,6 +145,21 @@ class HeraldProducer(aiokafka_driver.Producer):
         if accumulator is not None and hasattr(accumulator, "_batch_size"):
             accumulator._batch_size = size
         log.info("producer batches held under %d bytes (a topic's max.message.bytes)", size)
+
+    async def send_alone(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        timestamp: float | None = None,
+        headers: Headers = None,
+    ) -> asyncio.Future:
+        """Faust's `send`, with the record in a batch of its own (agents.producer: how a
+        refusal as too large is told apart from a batch's)."""
+        return await send_alone(
+            self._ensure_producer(), topic, key, value, partition, timestamp, headers
+        )
 
     def _settings_extra(self) -> Mapping[str, Any]:
         if self.idempotent:

@@ -14,9 +14,9 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError
 
 from agents.idempotence import client_settings, supports_idempotence
+from agents.producer import send_alone, too_large
 from streams.actions.base import Headers
 from streams.avro.codec import AvroSpec, EncodeError
 from streams.avro.codecs import AvroCodecs
@@ -53,32 +53,49 @@ class Publisher:
                 encoded = await self._encode_avro(name, topic, avro)
                 if encoded is not None:
                     value = encoded
-            if name == self._config.home.name:
-                meta = await self._app.producer.send_and_wait(
-                    topic, key, value, partition=None, timestamp=None, headers=headers
-                )
-            else:
-                producer = await self._producer(name)
-                meta = await producer.send_and_wait(topic, value, key=key, headers=headers)
+            meta = await self._send(name, topic, key, value, headers)
         except DeliveryError:
             raise
         except LookupError:
             raise DeliveryError(
                 f"publish: no integration named {name!r}", retryable=False
             ) from None
-        except MessageSizeTooLargeError as exc:  # the producer's or the broker's limit
+        except Exception as exc:
+            if not too_large(exc):  # the client's errors: all transient from our point of view
+                raise DeliveryError(
+                    f"publish to {name}:{topic} failed: {exc.__class__.__name__}: {exc}",
+                    retryable=True,
+                ) from exc
+            # the producer's or the broker's limit, the record alone
             size = len(value or b"") + len(key or b"")
             raise DeliveryError(
                 f"publish to {name}:{topic}: the record ({size} bytes) is over the size limit "
                 f"(the integration's maxRequestSize or the topic's max.message.bytes): {exc}",
                 retryable=False,
             ) from None
-        except Exception as exc:  # the client's errors: all transient from our point of view
-            raise DeliveryError(
-                f"publish to {name}:{topic} failed: {exc.__class__.__name__}: {exc}",
-                retryable=True,
-            ) from exc
         return {"topic": meta.topic, "partition": meta.partition, "offset": meta.offset}
+
+    async def _send(
+        self, name: str, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> Any:
+        """Send and wait; a refusal as too large is checked with the record alone
+        (agents.producer) before it is taken to be the record's own."""
+        home = name == self._config.home.name
+        producer: Any = self._app.producer if home else await self._producer(name)
+        try:
+            if home:  # Faust's producer
+                return await producer.send_and_wait(
+                    topic, key, value, partition=None, timestamp=None, headers=headers
+                )
+            return await producer.send_and_wait(topic, value, key=key, headers=headers)
+        except Exception as exc:
+            if not too_large(exc):
+                raise
+        if home:
+            fut = await producer.send_alone(topic, key, value, None, None, headers)
+        else:
+            fut = await send_alone(producer, topic, key, value, headers=headers)
+        return await fut
 
     async def _encode_avro(self, name: str, topic: str, avro: dict[str, Any]) -> bytes | None:
         """Avro bytes for a publish, or None when it is to be written as JSON/text (format

@@ -331,17 +331,23 @@ class SourceRunner:
         """Write again what the broker did not take, until it does (a refusal as too large
         becomes a dead letter that fits); then the batch is done. A revoked batch is left to
         the partition's next owner."""
-        send = self.runtime.app.producer.send
+        producer = self.runtime.app.producer
         delay = 0.5
         for item in sent:
             fut, topic, key, value, headers, envelope, request, letter = item
+            alone = False  # sent in a batch of its own since its last refusal as too large
             while True:
                 error = _failure(fut)
                 if error is None:
                     break
                 if batch.ticket.stale:
                     return
-                if isinstance(error, MessageSizeTooLargeError):
+                send = producer.send
+                if isinstance(error, MessageSizeTooLargeError) and not alone:
+                    # The broker refuses a batch as a whole: the record may have shared its
+                    # batch with the one too large (agents.producer). Alone, it tells.
+                    send, alone = producer.send_alone, True
+                elif isinstance(error, MessageSizeTooLargeError):
                     replacement, value = refused_as_too_large(envelope, letter, request, error)
                     log.error(
                         "the broker refused a record of %s bytes for %s (%r); dead-lettering "
@@ -359,7 +365,9 @@ class SourceRunner:
                             replacement.integration, replacement.stage
                         )
                     key, letter, request = replacement.key, replacement, None
+                    alone = False
                 else:
+                    alone = False
                     log.error(
                         "could not produce to %s for %s (%r); retrying in %.1fs",
                         topic,

@@ -17,9 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from aiokafka.errors import MessageSizeTooLargeError
-
 from agents.counters import Counters
+from agents.producer import too_large
 from agents.sink.stopping import StopSignal
 from streams import executions
 from streams.actions.base import ActionRequest, DeliveryContext
@@ -61,7 +60,10 @@ class ExecutionLog:
         try:
             await self._send(self.topic, key, executions.to_bytes(rec), None, None, None)
             return
-        except MessageSizeTooLargeError as exc:
+        except Exception as exc:
+            if not too_large(exc):
+                _not_written(request, status, exc)
+                return
             log.warning(
                 "the execution record of %s (%s) is over the producer's limit (%s): "
                 "written without its payload",
@@ -69,9 +71,6 @@ class ExecutionLog:
                 status,
                 exc,
             )
-        except Exception as exc:
-            _not_written(request, status, exc)
-            return
         rec["payload"] = None
         rec["payloadOmitted"] = "over the producer's size limit"
         try:

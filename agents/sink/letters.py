@@ -111,14 +111,31 @@ class SinkLetters:
         ends the trying (`Stopping`): the record stays unfinished and is redone."""
         topic = self._dlq(letter.integration)
         delay = 0.5
+        alone = False  # refused as too large in a batch: sent in a batch of its own since
         while True:
             try:
-                fut = await topic.send(
-                    key=letter.key, value=letter.to_bytes(), headers=letter.headers(), force=True
-                )
+                if alone:  # agents.producer: the refusal may have been the batch's
+                    fut = await topic.app.producer.send_alone(
+                        topic.get_topic_name(),
+                        letter.key,
+                        letter.to_bytes(),
+                        None,
+                        None,
+                        letter.headers(),
+                    )
+                else:
+                    fut = await topic.send(
+                        key=letter.key,
+                        value=letter.to_bytes(),
+                        headers=letter.headers(),
+                        force=True,
+                    )
                 await fut
                 return
             except Exception as exc:
+                if isinstance(exc, MessageSizeTooLargeError) and not alone:
+                    alone = True
+                    continue
                 if isinstance(exc, MessageSizeTooLargeError) and letter.value is not None:
                     letter = _without_value(letter, exc)
                     continue

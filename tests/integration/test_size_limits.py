@@ -13,11 +13,14 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import MessageSizeTooLargeError
 
 from agents.embedded.broker import create_topics
 from agents.embedded.receiver import Receiver
+from agents.producer import send_alone
 from tests.integration.test_guarantees import wait_all
 from tests.support.brokers import is_tansu
 from tests.support.herald import HeraldDeployment, webhook_target
@@ -155,3 +158,41 @@ def test_producer_batches_stay_under_the_topics_max_message_bytes(
         assert worker.running
     finally:
         herald.stop()
+
+
+def test_a_batch_refused_as_too_large_is_told_apart_from_its_records(
+    kafka_broker, unique_topic
+) -> None:
+    """The broker refuses a producer batch as a whole: records that shared a batch with one
+    over the topic's limit fail with it, and `send_alone` (agents.producer) writes each of
+    them in a batch of its own, where only the oversized one is refused again."""
+    topic = unique_topic("alone")
+    create_topics(
+        kafka_broker.bootstrap, {topic: 1}, configs={topic: {"max.message.bytes": str(LIMIT)}}
+    )
+
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka_broker.bootstrap, max_batch_size=1_000_000, linger_ms=50
+        )
+        await producer.start()
+        try:
+            values = [b"s" * 100, b"L" * 100_000, b"s" * 100]
+            # One partition, one linger: the three go to the broker as one batch.
+            batched = [await producer.send(topic, v, key=b"k") for v in values]
+            together = await asyncio.gather(*batched, return_exceptions=True)
+            refused = [isinstance(r, MessageSizeTooLargeError) for r in together]
+            alone = []
+            for v in values:
+                fut = await send_alone(producer, topic, b"k", v)
+                result = (await asyncio.gather(fut, return_exceptions=True))[0]
+                alone.append(isinstance(result, MessageSizeTooLargeError))
+            return refused, alone
+        finally:
+            await producer.stop()
+
+    refused, alone = asyncio.run(scenario())
+    assert refused == [True, True, True]
+    assert alone == [False, True, False]
+    written = consume(kafka_broker.bootstrap, topic, 2, timeout=30)
+    assert [len(r["value"]) for r in written] == [100, 100]

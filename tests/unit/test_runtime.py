@@ -44,6 +44,12 @@ class HomeProducer:
         self.sent.append((topic, key, value, kwargs["headers"]))
         return SimpleNamespace(topic=topic, partition=3, offset=42)
 
+    async def send_alone(self, topic: str, key: Any, value: Any, *rest: Any) -> Any:
+        """A batch of its own (agents.producer): refused alike."""
+        if self.error is not None:
+            raise self.error
+        raise AssertionError("sent alone without a refusal first")
+
 
 def publisher(config: HeraldConfig, producer: HomeProducer) -> Publisher:
     app = SimpleNamespace(producer=producer)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from faust.exceptions import ProducerSendError
 from faust.types import TP
 
 from agents.counters import Counters
@@ -284,23 +285,31 @@ def test_a_stop_cuts_the_wait_between_attempts_short() -> None:
 class _Limited:
     """A producer that refuses, as aiokafka does before sending, a record over `limit`."""
 
-    def __init__(self, limit: int, fail: Exception | None = None) -> None:
+    def __init__(self, limit: int, fail: Exception | None = None, faust: bool = False) -> None:
         self.limit = limit
         self.fail = fail
+        self.faust = faust
         self.records: list[bytes] = []
 
     async def send(self, topic: str, key: bytes, value: bytes, *rest: Any) -> None:
         if self.fail is not None:
             raise self.fail
         if len(value) > self.limit:
-            raise MessageSizeTooLargeError(f"{len(value)} bytes")
+            error = MessageSizeTooLargeError(f"{len(value)} bytes")
+            if not self.faust:
+                raise error
+            raise ProducerSendError(f"Error while sending: {error!r}") from error  # as Faust's
         self.records.append(value)
 
 
-def test_an_execution_record_over_the_producers_limit_is_written_without_its_payload() -> None:
+@pytest.mark.parametrize("faust", [False, True], ids=["aiokafka", "faust"])
+def test_an_execution_record_over_the_producers_limit_is_written_without_its_payload(
+    faust: bool,
+) -> None:
     """The delivery it tells of already happened: refusing its record must not raise into
-    the sink, which would dead-letter a delivered record as an internal error."""
-    producer = _Limited(limit=2_000)
+    the sink, which would dead-letter a delivered record as an internal error. Faust's
+    producer wraps aiokafka's refusal in its ProducerSendError."""
+    producer = _Limited(limit=2_000, faust=faust)
     log = ExecutionLog(producer.send, "executions")
     big = request()
     big.payload = {"text": "x" * 5_000}

@@ -50,11 +50,16 @@ class Producer:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes, asyncio.Future]] = []
+        self.alone: list[int] = []  # which of `sent` went in a batch of their own
 
     async def send(self, topic: str, key: Any, value: bytes, *rest: Any) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
         self.sent.append((topic, key, value, fut))
         return fut
+
+    async def send_alone(self, topic: str, key: Any, value: bytes, *rest: Any) -> asyncio.Future:
+        self.alone.append(len(self.sent))
+        return await self.send(topic, key, value, *rest)
 
 
 def runner(tmp_path: Path, producer: Producer, config: str = CONFIG) -> SourceRunner:
@@ -160,7 +165,9 @@ def test_a_failed_produce_is_sent_again_and_the_batch_waits_for_it(tmp_path: Pat
 
 
 def test_a_record_refused_as_too_large_becomes_a_dead_letter(tmp_path: Path) -> None:
-    async def scenario() -> tuple[list[str], dict, int | None, Counters]:
+    """Refused in its batch, then refused again alone: the record itself is too large."""
+
+    async def scenario() -> tuple[list[str], list[int], dict, int | None, Counters]:
         producer = Producer()
         source = runner(tmp_path, producer)
         progress = PartitionProgress()
@@ -168,17 +175,51 @@ def test_a_record_refused_as_too_large_becomes_a_dead_letter(tmp_path: Path) -> 
         await source.process(Batch(SRC, [rec(0, {"type": "ALARM", "id": 1})], progress.open(0)))
         producer.sent[0][3].set_exception(MessageSizeTooLargeError())
         await asyncio.sleep(0.05)
-        producer.sent[1][3].set_result(None)
+        producer.sent[1][3].set_exception(MessageSizeTooLargeError())
         await asyncio.sleep(0.05)
-        letter = orjson.loads(producer.sent[1][2])
-        return [t for t, *_ in producer.sent], letter, progress.committable, source.runtime.counters
+        producer.sent[2][3].set_result(None)
+        await asyncio.sleep(0.05)
+        letter = orjson.loads(producer.sent[2][2])
+        topics = [t for t, *_ in producer.sent]
+        return topics, producer.alone, letter, progress.committable, source.runtime.counters
 
-    topics, letter, committable, counters = run(scenario)
-    assert topics == ["herald-actions", "home-dlq"]
+    topics, alone, letter, committable, counters = run(scenario)
+    assert topics == ["herald-actions", "herald-actions", "home-dlq"]
+    assert alone == [1]
     assert letter["stage"] == "size" and "refused" in letter["reason"]
     assert letter["source"]["offset"] == 0
     assert committable == 1
     assert counters.dead_lettered == 1
+
+
+def test_records_refused_with_a_batch_are_written_alone_not_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    """The broker refuses a batch as a whole when one record in it is over a limit lowered
+    at runtime: each record of it is sent again in a batch of its own, and one the broker
+    takes that way is written, not dead-lettered."""
+
+    async def scenario() -> tuple[list[str], list[int], int | None, Counters]:
+        producer = Producer()
+        source = runner(tmp_path, producer)
+        progress = PartitionProgress()
+        progress.anchor(0)
+        records = [rec(n, {"type": "ALARM", "id": n}) for n in range(3)]
+        await source.process(Batch(SRC, records, progress.open(2)))
+        for _topic, _key, _value, fut in producer.sent:
+            fut.set_exception(MessageSizeTooLargeError())
+        for n in range(3):
+            await asyncio.sleep(0.05)
+            producer.sent[3 + n][3].set_result(None)
+        await asyncio.sleep(0.05)
+        topics = [t for t, *_ in producer.sent]
+        return topics, producer.alone, progress.committable, source.runtime.counters
+
+    topics, alone, committable, counters = run(scenario)
+    assert topics == ["herald-actions"] * 6
+    assert alone == [3, 4, 5]
+    assert committable == 3
+    assert counters.dead_lettered == 0
 
 
 def test_a_revoked_batch_is_left_to_the_partitions_next_owner(tmp_path: Path) -> None:
