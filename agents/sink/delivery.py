@@ -7,7 +7,8 @@ lane, so the record of an outage is visible while it lasts; the final status fol
 
 `ExecutionLog` writes execution records straight to the producer (as the source writes its
 action records): `Topic.send_soon`'s FutureMessage, buffer and callbacks cost more than the
-record itself.
+record itself. A delivery's record counts as finished only once its execution record is in
+Kafka too, so the committed offset never passes a delivery whose final record is missing.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from agents.counters import Counters
 from agents.producer import too_large
-from agents.sink.stopping import StopSignal
+from agents.sink.stopping import Stopping, StopSignal
 from streams import executions
 from streams.actions.base import ActionRequest, DeliveryContext
 from streams.actions.registry import delivery as action_delivery
@@ -30,53 +32,121 @@ from streams.errors import DeliveryError
 log = logging.getLogger("herald.sink")
 DEFAULT_POLICY = RetryPolicy()
 
-#: aiokafka's producer send, as Faust's producer has it: (topic, key, value, partition,
-#: timestamp, headers) -> future of the broker's acknowledgement.
-ProducerSend = Callable[..., Any]
+
+class Producer(Protocol):
+    """What the execution log writes with (the worker's producer, agents.idempotence): `send`
+    as Faust's producer has it, (topic, key, value, partition, timestamp, headers) -> future
+    of the broker's acknowledgement, and `send_alone` (agents.producer)."""
+
+    async def send(self, *args: Any) -> asyncio.Future: ...
+
+    async def send_alone(self, *args: Any) -> asyncio.Future: ...
 
 
 class ExecutionLog:
     """Execution records of the sink's outcomes, on the executions topic."""
 
-    def __init__(self, send: ProducerSend, topic: str) -> None:
-        self._send = send
+    def __init__(self, producer: Producer, topic: str, stop: StopSignal | None = None) -> None:
+        self._producer = producer
         self.topic = topic
+        self._stop = stop if stop is not None else StopSignal()
         self._writing: set[asyncio.Task] = set()
 
-    async def write(self, request: ActionRequest, status: str, **fields: Any) -> None:
-        """Write one record (handed to the producer: durable with the producer's next flush,
-        which Faust's commit waits for).
+    async def write(
+        self, request: ActionRequest, status: str, **fields: Any
+    ) -> asyncio.Future | None:
+        """Hand one record to the producer; the future is done once it is in Kafka, which
+        the sink's record waits for before it counts as finished (so `herald audit` finds
+        the final record of every delivery below the committed offset).
 
         Never raises: the record tells of an outcome that already stands (the delivery
         happened and is marked, or its dead letter is written), so a record the producer
         refuses must not become a second outcome (the sink would dead-letter a delivered
-        record as an internal error). One over the producer's size limit (a payload near
-        the limit, with the result and the record's fields on top) is written again
-        without its payload; any other refusal is logged."""
+        record as an internal error). A refusal as too large is tried alone, then without
+        the payload; any other failure is written again (`_rewrite`). None when the record
+        could not be built (logged)."""
         action = action_delivery(request.action)
         redacted = action.redact(request.payload) if action is not None else None
-        rec = executions.record(request, status, redacted_payload=redacted, **fields)
+        try:
+            rec = executions.record(request, status, redacted_payload=redacted, **fields)
+            value = executions.to_bytes(rec)
+        except Exception as exc:  # a bug: say so, and do not hold the record for it
+            _not_written(request, status, exc)
+            return None
         key = request.id.encode()
         try:
-            await self._send(self.topic, key, executions.to_bytes(rec), None, None, None)
+            ack = await self._producer.send(self.topic, key, value, None, None, None)
+        except Exception as exc:  # refused at once (the producer's own limit)
+            ack = asyncio.get_running_loop().create_future()
+            ack.set_exception(exc)
+        written = ack.get_loop().create_future()
+        ack.add_done_callback(partial(self._acked, written, request, status, rec))
+        return written
+
+    def _acked(
+        self,
+        written: asyncio.Future,
+        request: ActionRequest,
+        status: str,
+        rec: dict[str, Any],
+        ack: asyncio.Future,
+    ) -> None:
+        if written.done():
             return
-        except Exception as exc:
-            if not too_large(exc):
-                _not_written(request, status, exc)
+        error = asyncio.CancelledError() if ack.cancelled() else ack.exception()
+        if error is None:
+            written.set_result(None)
+            return
+        task = asyncio.ensure_future(self._rewrite(written, request, status, rec, error))
+        self._writing.add(task)
+        task.add_done_callback(self._written)
+
+    async def _rewrite(
+        self,
+        written: asyncio.Future,
+        request: ActionRequest,
+        status: str,
+        rec: dict[str, Any],
+        error: BaseException,
+    ) -> None:
+        """Write a record the broker did not take until it does: refused as too large, alone
+        (agents.producer), then without its payload; any other failure again with backoff.
+        A stop ends the trying with `written` left pending: the sink's record stays
+        unfinished, uncommitted, and its redelivery writes a record of its own."""
+        key = request.id.encode()
+        alone, delay = False, 0.5
+        while True:
+            send = self._producer.send
+            if too_large(error) and not alone:
+                send, alone = self._producer.send_alone, True
+            elif too_large(error) and rec.get("payload") is not None:
+                log.warning(
+                    "the execution record of %s (%s) is too large (%s): written without its "
+                    "payload",
+                    request.id,
+                    status,
+                    error,
+                )
+                rec = {**rec, "payload": None, "payloadOmitted": "over the size limit"}
+                alone = False
+            else:
+                _not_written(request, status, error)
+                try:
+                    await self._stop.sleep(delay)
+                except Stopping:
+                    return
+                delay = min(delay * 2, 30.0)
+                alone = False
+            try:
+                ack = await send(self.topic, key, executions.to_bytes(rec), None, None, None)
+                await asyncio.wait([ack])
+                error = asyncio.CancelledError() if ack.cancelled() else ack.exception()
+            except Exception as exc:
+                error = exc
+            if error is None:
+                if not written.done():
+                    written.set_result(None)
                 return
-            log.warning(
-                "the execution record of %s (%s) is over the producer's limit (%s): "
-                "written without its payload",
-                request.id,
-                status,
-                exc,
-            )
-        rec["payload"] = None
-        rec["payloadOmitted"] = "over the producer's size limit"
-        try:
-            await self._send(self.topic, key, executions.to_bytes(rec), None, None, None)
-        except Exception as exc:
-            _not_written(request, status, exc)
 
     def write_soon(self, request: ActionRequest, status: str, **fields: Any) -> None:
         """Write a record without waiting for it; `drain` waits for these, and a failure is
@@ -96,7 +166,7 @@ class ExecutionLog:
             await asyncio.wait(list(self._writing), timeout=timeout)
 
 
-def _not_written(request: ActionRequest, status: str, exc: Exception) -> None:
+def _not_written(request: ActionRequest, status: str, exc: BaseException) -> None:
     log.warning("could not write the execution record of %s (%s): %r", request.id, status, exc)
 
 

@@ -126,7 +126,7 @@ class Lanes:
             # The delivery happened, so it still counts; a redelivery after a crash may
             # repeat it (at least once).
             error = "cancelled" if durable.cancelled() else durable.exception()
-            log.warning("dedupe mark not confirmed by the broker: %s", error)
+            log.warning("dedupe mark or execution record not confirmed by the broker: %s", error)
         job.ticket.done()
         self._release()
 

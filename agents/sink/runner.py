@@ -58,7 +58,7 @@ class SinkRunner:
         self.lanes = Lanes(runtime.config.herald.maxInFlight, self._handle, self._stop)
         self.dedupe = Dedupe(runtime.tables.dedupe)
         self.executions = ExecutionLog(
-            runtime.app.producer.send, runtime.topics.executions.get_topic_name()
+            runtime.app.producer, runtime.topics.executions.get_topic_name(), self._stop
         )
         self.delivery = Delivery(
             runtime.targets, runtime.delivery_context, self.executions, self.counters, self._stop
@@ -104,7 +104,8 @@ class SinkRunner:
         await self.letters.close()
 
     async def _handle(self, job: Job) -> asyncio.Future | None:
-        """Deliver one action record; returns the dedupe mark's changelog write, if any."""
+        """Deliver one action record; returns what the record waits for before it counts as
+        finished: its dedupe mark's changelog write and its execution record, if any."""
         record = job.record
         # Table writes go to the changelog partition of "the current event"; in a lane task
         # that is the record being delivered (the same partition as the lane's key).
@@ -121,8 +122,7 @@ class SinkRunner:
             raise
         except Exception as exc:  # a bug: dead-letter with the reason rather than lose it
             log.exception("internal error delivering %s", request.id)
-            await self._dead_letter(request, f"internal error: {exc!r}", attempts=0)
-            return None
+            return await self._dead_letter(request, f"internal error: {exc!r}", attempts=0)
 
     async def _deliver(self, request: ActionRequest, partition: int) -> asyncio.Future | None:
         repeat = self.dedupe.check(request, int(time.time() * 1000))
@@ -132,12 +132,13 @@ class SinkRunner:
                 self.counters.count_delivery(request, DUPLICATE)
             else:
                 self.counters.count_delivery(request, DEDUPE_WINDOW)
-            await self.executions.write(request, executions.SKIPPED, reason=repeat.reason)
-            return repeat.durable
+            written = await self.executions.write(request, executions.SKIPPED, reason=repeat.reason)
+            return both(repeat.durable, written)
         action = self._deliveries(request.action)
         if action is None:
-            await self._dead_letter(request, f"unknown action {request.action!r}", attempts=0)
-            return None
+            return await self._dead_letter(
+                request, f"unknown action {request.action!r}", attempts=0
+            )
         started = time.monotonic()
         outcome = await self.delivery.attempt(request, action)
         # How long, and whether the target answered (for /metrics, agents.counters).
@@ -154,16 +155,45 @@ class SinkRunner:
             durable = await self.dedupe.mark(request, int(time.time() * 1000), partition)
             self.counters.delivered += 1
             self.counters.count_delivery(request, DELIVERED)
-            await self.executions.write(
+            written = await self.executions.write(
                 request, executions.COMPLETED, attempts=outcome.attempts, result=outcome.result
             )
-            return durable
-        await self._dead_letter(request, str(outcome.error), attempts=outcome.attempts)
-        return None
+            return both(durable, written)
+        return await self._dead_letter(request, str(outcome.error), attempts=outcome.attempts)
 
-    async def _dead_letter(self, request: ActionRequest, reason: str, *, attempts: int) -> None:
+    async def _dead_letter(
+        self, request: ActionRequest, reason: str, *, attempts: int
+    ) -> asyncio.Future | None:
+        """Dead-letter (the letter is in Kafka when this returns); the future is its
+        execution record's write."""
         await self.letters.delivery_failed(request, reason, attempts)
         self.counters.count_delivery(request, FAILED)
-        await self.executions.write(
+        return await self.executions.write(
             request, executions.DEAD_LETTERED, attempts=attempts, error=reason
         )
+
+
+def both(first: asyncio.Future | None, second: asyncio.Future | None) -> asyncio.Future | None:
+    """One future for two writes a record waits for (its dedupe mark and its execution
+    record): done when both are, failed with the first's failure if either failed."""
+    if second is None:
+        return first
+    if first is None:
+        return second
+    joined = first.get_loop().create_future()
+
+    def settle(_: asyncio.Future) -> None:
+        if joined.done() or not (first.done() and second.done()):
+            return
+        for fut in (first, second):
+            if fut.cancelled():
+                joined.cancel()
+                return
+            if fut.exception() is not None:
+                joined.set_exception(fut.exception())  # type: ignore[arg-type]
+                return
+        joined.set_result(None)
+
+    first.add_done_callback(settle)
+    second.add_done_callback(settle)
+    return joined

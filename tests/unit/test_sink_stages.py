@@ -205,11 +205,18 @@ def test_dedupe_window_skips_another_delivery_of_the_same_user_key_until_it_ends
 
 
 class Producer:
+    """Faust's producer `send` as the execution log calls it: every record acknowledged."""
+
     def __init__(self) -> None:
         self.records: list[tuple[str, bytes, bytes]] = []
 
-    async def send(self, topic: str, key: bytes, value: bytes, *rest: Any) -> None:
+    async def send(self, topic: str, key: bytes, value: bytes, *rest: Any) -> asyncio.Future:
         self.records.append((topic, key, value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    send_alone = send
 
 
 class Flaky:
@@ -235,7 +242,7 @@ def delivery_stage(stop: StopSignal, producer: Producer) -> tuple[Delivery, Coun
     fast = RetryPolicy(initialBackoffMs=1, maxBackoffMs=2, jitter=0.0)
     targets = {"t": Target(name="t", type="webhook", url="http://127.0.0.1:9/x", retry=fast)}
     counters = Counters()
-    log = ExecutionLog(producer.send, "executions")
+    log = ExecutionLog(producer, "executions", stop)
     return Delivery(targets, lambda: None, log, counters, stop), counters  # type: ignore[arg-type]
 
 
@@ -283,48 +290,127 @@ def test_a_stop_cuts_the_wait_between_attempts_short() -> None:
 
 
 class _Limited:
-    """A producer that refuses, as aiokafka does before sending, a record over `limit`."""
+    """A producer that refuses a record over `limit`: before sending, as aiokafka's own check
+    does (raised by `send`; Faust's producer wraps it in ProducerSendError), or on the
+    acknowledgement, as the broker does for a batch over its max.message.bytes; a record sent
+    alone is refused only when it is itself over the limit. `fail` fails the first
+    `fail_times` acknowledgements."""
 
-    def __init__(self, limit: int, fail: Exception | None = None, faust: bool = False) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        broker: bool = False,
+        faust: bool = False,
+        fail: Exception | None = None,
+        fail_times: int = 0,
+        batch_refused: bool = False,
+    ) -> None:
         self.limit = limit
-        self.fail = fail
+        self.broker = broker
         self.faust = faust
+        self.fail = fail
+        self.fail_times = fail_times
+        self.batch_refused = batch_refused  # a batch refused for another record in it
         self.records: list[bytes] = []
+        self.calls: list[str] = []
 
-    async def send(self, topic: str, key: bytes, value: bytes, *rest: Any) -> None:
-        if self.fail is not None:
-            raise self.fail
-        if len(value) > self.limit:
+    async def send(self, topic: str, key: bytes, value: bytes, *rest: Any) -> asyncio.Future:
+        return self._send("send", value)
+
+    async def send_alone(self, topic: str, key: bytes, value: bytes, *rest: Any) -> asyncio.Future:
+        return self._send("alone", value)
+
+    def _send(self, how: str, value: bytes) -> asyncio.Future:
+        self.calls.append(how)
+        fut = asyncio.get_running_loop().create_future()
+        error: Exception | None = None
+        if self.fail is not None and self.fail_times > 0:
+            self.fail_times -= 1
+            error = self.fail
+        elif len(value) > self.limit or (self.batch_refused and how == "send"):
             error = MessageSizeTooLargeError(f"{len(value)} bytes")
-            if not self.faust:
+            if not self.broker:
+                if self.faust:
+                    raise ProducerSendError(f"Error while sending: {error!r}") from error
                 raise error
-            raise ProducerSendError(f"Error while sending: {error!r}") from error  # as Faust's
-        self.records.append(value)
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            self.records.append(value)
+            fut.set_result(None)
+        return fut
 
 
-@pytest.mark.parametrize("faust", [False, True], ids=["aiokafka", "faust"])
-def test_an_execution_record_over_the_producers_limit_is_written_without_its_payload(
-    faust: bool,
+async def written(log: ExecutionLog, req: ActionRequest, status: str, **fields: Any) -> bool:
+    """Write a record and wait (briefly) for it to be in Kafka; whether it is."""
+    fut = await log.write(req, status, **fields)
+    assert fut is not None
+    done, _ = await asyncio.wait([fut], timeout=5)
+    return bool(done) and fut.exception() is None
+
+
+@pytest.mark.parametrize(
+    ("broker", "faust"),
+    [(False, False), (False, True), (True, False)],
+    ids=["aiokafka", "faust", "broker"],
+)
+def test_an_execution_record_over_the_limit_is_written_without_its_payload(
+    broker: bool, faust: bool
 ) -> None:
     """The delivery it tells of already happened: refusing its record must not raise into
-    the sink, which would dead-letter a delivered record as an internal error. Faust's
-    producer wraps aiokafka's refusal in its ProducerSendError."""
-    producer = _Limited(limit=2_000, faust=faust)
-    log = ExecutionLog(producer.send, "executions")
+    the sink, which would dead-letter a delivered record as an internal error. The refusal
+    comes from the client's own check (Faust's producer wraps aiokafka's in its
+    ProducerSendError) or from the broker; the record counts as written once it is."""
+    producer = _Limited(limit=2_000, broker=broker, faust=faust)
+    log = ExecutionLog(producer, "executions")
     big = request()
     big.payload = {"text": "x" * 5_000}
 
-    run(lambda: log.write(big, "COMPLETED", attempts=1, result={"status": 202}))
+    assert run(lambda: written(log, big, "COMPLETED", attempts=1, result={"status": 202}))
     (value,) = producer.records
     assert b'"status":"COMPLETED"' in value and b'"payload":null' in value
     assert b"payloadOmitted" in value and b"xxxx" not in value
 
 
-def test_an_execution_record_the_producer_refuses_is_logged_not_raised(
+def test_an_execution_record_refused_with_its_batch_is_written_alone_with_its_payload() -> None:
+    """The broker refused the batch for another record in it: alone, the record is taken."""
+    producer = _Limited(limit=10_000, broker=True, batch_refused=True)
+    log = ExecutionLog(producer, "executions")
+    req = request()
+    req.payload = {"text": "small"}
+    assert run(lambda: written(log, req, "COMPLETED", attempts=1))
+    assert producer.calls == ["send", "alone"]
+    assert b"small" in producer.records[0]
+
+
+def test_an_execution_record_the_broker_fails_is_written_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    producer = _Limited(limit=10_000, fail=KafkaTimeoutError("accumulator full"))
-    log = ExecutionLog(producer.send, "executions")
-    run(lambda: log.write(request(), "COMPLETED", attempts=1))
-    assert producer.records == []
+    """A failure after the client's own retries (the broker away): logged, written again
+    with backoff; the sink's record waits for it (the offset is not committed meanwhile)."""
+    producer = _Limited(limit=10_000, broker=True, fail=KafkaTimeoutError("away"), fail_times=1)
+    log = ExecutionLog(producer, "executions")
+    assert run(lambda: written(log, request(), "COMPLETED", attempts=1))
+    assert len(producer.records) == 1 and producer.calls == ["send", "send"]
     assert "could not write the execution record of d1" in caplog.text
+
+
+def test_a_stop_leaves_an_unwritten_execution_record_pending() -> None:
+    """Stopping while the broker is away: the record is not written, and its sink record
+    stays unfinished (uncommitted), so the partition's next owner writes one."""
+
+    async def scenario() -> tuple[bool, list[str]]:
+        stop = StopSignal()
+        away = KafkaTimeoutError("away")
+        producer = _Limited(limit=10_000, broker=True, fail=away, fail_times=9)
+        log = ExecutionLog(producer, "executions", stop)
+        fut = await log.write(request(), "COMPLETED", attempts=1)
+        assert fut is not None
+        await asyncio.sleep(0.05)
+        stop.set()
+        await log.drain(1.0)
+        return fut.done(), producer.calls
+
+    done, calls = run(scenario)
+    assert not done and calls == ["send"]
