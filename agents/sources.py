@@ -48,7 +48,7 @@ def envelope_of(record: Any, integration: str) -> Envelope:
         offset=record.offset,
         integration=integration,
         key=codecs.decode_key(record.key),
-        headers=codecs.decode_headers(record.headers),
+        headers=codecs.decode_headers(record.headers) if record.headers else {},
         timestamp=_timestamp(record.timestamp),
         raw_value=record.value,
         raw_key=record.key,

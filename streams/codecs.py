@@ -21,6 +21,8 @@ from streams.errors import DecodeError
 
 #: orjson's nesting limit: arrays and objects deeper than this do not parse.
 JSON_DEPTH_LIMIT = 1024
+#: The first byte of a JSON object or array (no whitespace before it).
+_JSON_CONTAINER_START = (b"{", b"[")
 
 
 def decode_text(data: bytes | None, what: str = "value") -> str | None:
@@ -34,6 +36,14 @@ def decode_text(data: bytes | None, what: str = "value") -> str | None:
 
 def decode_string_value(data: bytes | None) -> Any:
     """A STRING integration's value: JSON data when it parses as JSON, else the text."""
+    if data is not None and data[:1] in _JSON_CONTAINER_START:
+        # Most records are a JSON object: parse the bytes straight away (orjson checks the
+        # UTF-8 itself); anything it refuses takes the whole way below, which decides as
+        # before (text, or the DecodeError of bytes that are not UTF-8 or nested too deep).
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
     text = decode_text(data)
     if text is None:
         return None

@@ -245,9 +245,10 @@ class _Message:
 
     __slots__ = ("value", "_expanded", "_failure")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, flat: bool = False) -> None:
+        """`flat`: the value is known to need no expansion (`Envelope.flat`)."""
         self.value = value
-        self._expanded: Any = _UNSET
+        self._expanded: Any = value if flat else _UNSET
         self._failure: str | None = None
 
     def expanded(self) -> Any:
@@ -297,7 +298,7 @@ class Prepared:
 def prepare(handlers: Sequence[CompiledHandler], envelope: Envelope) -> Prepared:
     """Step one of `evaluate`: everything but running the JavaScript conditions."""
     meta: dict[str, Any] | None = None
-    message = _Message(envelope.value)
+    message = _Message(envelope.value, envelope.flat)
     verdicts: list[bool | ConditionJob | ConditionError | TemplateError | None] = []
     jobs: list[ConditionJob] = []
     for handler in handlers:

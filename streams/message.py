@@ -31,8 +31,11 @@ class Envelope:
     timestamp: int | None = None  # milliseconds since the epoch, as Kafka gives it
     raw_value: bytes | None = None
     raw_key: bytes | None = None
+    #: The value is known to hold no inline JSON (`templating.has_no_inline_json` of the JSON
+    #: text it was decoded from), so it is its own `expandInlineJSON` expansion.
+    flat: bool = False
 
-    def decoded(self, value: Any, key: str | None) -> Envelope:
+    def decoded(self, value: Any, key: str | None, *, flat: bool = False) -> Envelope:
         """This envelope with its decoded value (and key). Spelled out: dataclasses.replace
         costs several µs per record on the source's hot path."""
         return Envelope(
@@ -46,6 +49,7 @@ class Envelope:
             self.timestamp,
             self.raw_value,
             self.raw_key,
+            flat,
         )
 
     @property

@@ -20,6 +20,7 @@ from streams.handlers import (
 )
 from streams.handlers import prepare as prepare_handlers
 from streams.message import Envelope
+from streams.templating import has_no_inline_json
 
 
 class ValueCodec(Protocol):
@@ -36,7 +37,11 @@ def decode(envelope: Envelope, codec: ValueCodec | None = None) -> Envelope | De
     schemas fetched beforehand (`AvroCodec.prepare`)."""
     try:
         if codec is None:
-            return envelope.decoded(codecs.decode_string_value(envelope.raw_value), envelope.key)
+            raw = envelope.raw_value
+            value = codecs.decode_string_value(raw)
+            # JSON text with nothing inline to expand (checked on its bytes, in C).
+            flat = type(value) is dict and raw is not None and has_no_inline_json(raw)
+            return envelope.decoded(value, envelope.key, flat=flat)
         value = codec.decode_value(envelope.raw_value)
         key = codec.decode_key(envelope.raw_key)
     except DecodeError as exc:
@@ -55,7 +60,11 @@ def prepare(
     decoded = decode(envelope, codec)
     if isinstance(decoded, DeadLetter):
         return Evaluation(dead_letters=[decoded])
-    return prepare_handlers(handlers, decoded)
+    prepared = prepare_handlers(handlers, decoded)
+    if not prepared.jobs and all(verdict is False for verdict in prepared.verdicts):
+        # Every condition already said no (the filter path's usual record): nothing to finish.
+        return Evaluation(skipped=[handler.name for handler in handlers])
+    return prepared
 
 
 def route(

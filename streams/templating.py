@@ -32,6 +32,7 @@ import base64
 import functools
 import json
 import math
+import re
 from collections.abc import Mapping
 from datetime import date, time
 from decimal import Decimal
@@ -331,19 +332,37 @@ class _Const:
 
 
 class _Ref:
-    """A static reference: `${path}` with no reference inside the path."""
+    """A static reference: `${path}` with no reference inside the path.
 
-    __slots__ = ("path",)
+    Most references are a few property names (`${mCode}`, `${_kafka.timestamp}`): those are
+    walked here, dicts first, without `JsonPath`'s per-step calls (a handler renders ten or
+    more per message; issue 16's profile of the source stage)."""
+
+    __slots__ = ("path", "keys", "on_meta")
 
     def __init__(self, path: JsonPath) -> None:
         self.path = path
+        self.on_meta = path.on_meta
+        plain = path.definite and all(type(step) is str for step in path.steps)
+        self.keys: tuple[str, ...] | None = path.steps if plain else None
 
     @property
     def text(self) -> str:
         return self.path.text
 
     def render(self, message: Any, meta: Mapping[str, Any]) -> Any:
-        return self.path.resolve(message, meta)
+        keys = self.keys
+        if keys is None:
+            return self.path.resolve(message, meta)
+        current = meta if self.on_meta else message
+        for key in keys:  # as _step: a property of a mapping, else missing (None)
+            if type(current) is dict or isinstance(current, Mapping):
+                current = current.get(key, _MISSING)
+                if current is _MISSING:
+                    return None
+            else:
+                return None
+        return current
 
 
 class _DynamicRef:
@@ -371,9 +390,14 @@ class _DynamicRef:
 
 
 def _join(parts: tuple[Any, ...], message: Any, meta: Mapping[str, Any]) -> str:
-    return "".join(
-        part if type(part) is str else to_text(part.render(message, meta)) for part in parts
-    )
+    out = []
+    for part in parts:
+        if type(part) is not str:
+            part = part.render(message, meta)
+            if type(part) is not str:
+                part = to_text(part)
+        out.append(part)
+    return "".join(out)
 
 
 class _Text:
@@ -631,6 +655,24 @@ def _needs_expanding(value: Any, depth: int = 0) -> bool:
             isinstance(item, dict | list) and _needs_expanding(item, depth + 1) for item in value
         )
     return False
+
+
+#: In JSON text, a quote followed by what could begin a string `_looks_like_json` says yes to
+#: (whitespace, `{`, `[`), or hide it (an escape, a non-ASCII byte such as Unicode
+#: whitespace). It also matches where no string begins (`"a" : 1`): then the scan decides.
+_MAYBE_INLINE_JSON = re.compile(rb'"[\s{\[\\\x80-\xff]')
+
+
+def has_no_inline_json(json_text: bytes) -> bool:
+    """True when the JSON document `json_text` certainly holds no string that
+    `expand_inline_json` would parse, so its decoded value is its own expansion: one regular
+    expression search in C over the record's bytes instead of `_needs_expanding` walking every
+    value of the decoded message (issue 16's profile of the filter path). A document with
+    more brackets than `_SCAN_DEPTH` (so possibly nested deeper) is left to the expansion,
+    which treats deep nesting as it always has."""
+    if json_text.count(b"{") + json_text.count(b"[") > _SCAN_DEPTH:
+        return False
+    return _MAYBE_INLINE_JSON.search(json_text) is None
 
 
 def expand_inline_json(value: Any) -> Any:

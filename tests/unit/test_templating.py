@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import copy
+import json
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.errors import TemplateError
-from streams.templating import compile_path, compile_template, expand_inline_json
+from streams.templating import (
+    compile_path,
+    compile_template,
+    expand_inline_json,
+    has_no_inline_json,
+)
 
 MESSAGE: dict[str, Any] = {
     "orderId": "o-1",
@@ -328,3 +337,56 @@ def test_inline_json_below_the_scan_depth_is_expanded() -> None:
     for _ in range(150):
         expanded = expanded["a"]
     assert expanded == {"inner": {"found": True}}
+
+
+# --------------------------------------------------------------------------- has_no_inline_json
+
+_STRINGS = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(
+        ['{"a": 1}', "[1, 2]", ' {"a": 1}', "\n[1]", "\u00a0{}", "\u3000[]", "\x1c{}", "x{", "{"]
+    ),
+)
+_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), _STRINGS),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(_STRINGS, inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    value=st.dictionaries(_STRINGS, _JSON, max_size=6),
+    spacing=st.sampled_from(["orjson", "spaced", "indented", "ascii"]),
+)
+def test_a_document_said_to_have_no_inline_json_expands_to_itself(value: Any, spacing: str) -> None:
+    """`has_no_inline_json` may say no where there is nothing to expand, never yes where
+    there is: whatever the JSON text's spacing and escaping, when it says yes the expansion
+    of the decoded value is the value."""
+    raw = {
+        "orjson": lambda: orjson.dumps(value),
+        "spaced": lambda: json.dumps(value, ensure_ascii=False).encode(),
+        "indented": lambda: json.dumps(value, indent=2, ensure_ascii=False).encode(),
+        "ascii": lambda: json.dumps(value).encode(),  # non-ASCII as \\u escapes
+    }[spacing]()
+    decoded = orjson.loads(raw)
+    if has_no_inline_json(raw):
+        assert expand_inline_json(decoded) is decoded
+
+
+def test_inline_json_is_seen_in_the_bytes_however_it_is_written() -> None:
+    for raw in (
+        b'{"a":"{\\"b\\": 1}"}',
+        b'{"a":"[1]"}',
+        b'{"a":" {}"}',
+        b'{"a":"\\n[]"}',
+        b'{"a":"\\u0020{}"}',
+        '{"a":"\u00a0{}"}'.encode(),
+        b'{"a":{"b":["x", "{}"]}}',  # a list element: Conductor leaves it, the scan decides
+    ):
+        assert not has_no_inline_json(raw), raw
+    assert has_no_inline_json(b'{"type":"ALARM","n":1,"m":{"k":"v"},"l":[1,"x"]}')
+    deep = b'{"a":' * 101 + b"1" + b"}" * 101  # deeper than the scan goes: left to it
+    assert not has_no_inline_json(deep)
