@@ -22,11 +22,10 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-from aiokafka.errors import MessageSizeTooLargeError
-
 from agents.batches import Batch, BatchChannel
 from agents.counters import MATCHED_STAGES
 from agents.limits import record_limit
+from agents.producer import too_large
 from agents.runtime import Runtime
 from streams import codecs, routing
 from streams.actions.base import ActionRequest
@@ -343,11 +342,11 @@ class SourceRunner:
                 if batch.ticket.stale:
                     return
                 send = producer.send
-                if isinstance(error, MessageSizeTooLargeError) and not alone:
+                if too_large(error) and not alone:
                     # The broker refuses a batch as a whole: the record may have shared its
                     # batch with the one too large (agents.producer). Alone, it tells.
                     send, alone = producer.send_alone, True
-                elif isinstance(error, MessageSizeTooLargeError):
+                elif too_large(error):
                     replacement, value = refused_as_too_large(envelope, letter, request, error)
                     log.error(
                         "the broker refused a record of %s bytes for %s (%r); dead-lettering "
