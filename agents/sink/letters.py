@@ -16,9 +16,9 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from aiokafka.errors import MessageSizeTooLargeError
 
 from agents.counters import Counters
+from agents.producer import too_large
 from agents.readback import SourceReader
 from agents.sink.stopping import StopSignal
 from streams.actions.base import ActionRequest
@@ -133,10 +133,10 @@ class SinkLetters:
                 await fut
                 return
             except Exception as exc:
-                if isinstance(exc, MessageSizeTooLargeError) and not alone:
+                if too_large(exc) and not alone:
                     alone = True
                     continue
-                if isinstance(exc, MessageSizeTooLargeError) and letter.value is not None:
+                if too_large(exc) and letter.value is not None:
                     letter = _without_value(letter, exc)
                     continue
                 log.error("could not write dead letter (%s); retrying in %.1fs", exc, delay)
