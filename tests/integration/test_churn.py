@@ -25,8 +25,8 @@ from tests.integration.test_guarantees import (
     wait_delivered,
 )
 from tests.support.detector import audit_deployment
-from tests.support.herald import HeraldDeployment, stats, webhook_target
-from tests.support.kafka import produce
+from tests.support.herald import HeraldDeployment, stats, wait_until, webhook_target
+from tests.support.kafka import committed_lag, produce
 
 MAX_IN_FLIGHT = 16
 
@@ -131,5 +131,48 @@ def test_two_workers_starting_together_on_a_backlog_deliver_every_match(
         )
         assert not missing, f"{len(missing)} never delivered: {sorted(missing)[:20]}"
         assert report.lost == [], report.summary()
+    finally:
+        herald.stop()
+
+
+def test_partitions_moving_to_a_joining_worker_are_committed_as_far_as_finished(
+    broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
+) -> None:
+    """A worker whose partitions are revoked commits what it finished of them first, so the
+    worker that gets them does not process those records again.
+
+    Periodic commits are off (one an hour): before this, the joining worker read its share of
+    the source topic from the start and produced every match's action a second time."""
+    topic = unique_topic("handover")
+    total = 300
+    herald = HeraldDeployment(
+        tmp_path,
+        broker.bootstrap,
+        handlers=[numbered_handler(topic)],
+        targets=[webhook_target(receiver.url)],
+        source_partitions=6,
+        settings={"commitIntervalSeconds": 3600.0},
+    )
+    actions = f"{herald.prefix}-actions"
+    try:
+        first = herald.start_worker()
+        produce(broker.bootstrap, topic, messages(total, keys=10))
+        missing = wait_delivered(receiver, set(range(total)), timeout=60)
+        assert not missing, f"{len(missing)} never delivered: {sorted(missing)[:20]}"
+        wait_until(lambda: stats(first)["delivered"] >= total, 30, "every delivery finished")
+        assert committed_lag(broker.bootstrap, herald.group, topic) is None  # nothing yet
+
+        second = herald.start_worker()  # joining moves half the partitions to it
+
+        def lags() -> dict[str, int | None]:
+            return {t: committed_lag(broker.bootstrap, herald.group, t) for t in (topic, actions)}
+
+        wait_until(lambda: lags() == {topic: 0, actions: 0}, 15, f"all committed ({lags()})")
+        time.sleep(2.0)  # time to read anything again, had anything been left
+        again = stats(second)
+        delivered, _, repeats = tally(receiver.requests)
+        print(f"\nhandover: second worker consumed {again['consumed']}, {repeats} repeated")
+        assert again["consumed"] == 0 and again["actions_produced"] == 0, again
+        assert len(delivered) == total and repeats == 0
     finally:
         herald.stop()

@@ -20,6 +20,7 @@ from agents.embedded.broker import create_topics, create_topics_async, run_sync
 
 __all__ = [
     "ConsumedRecord",
+    "committed_lag",
     "consume",
     "consume_async",
     "create_topic",
@@ -206,3 +207,28 @@ def consume(
 ) -> list[ConsumedRecord]:
     """Synchronous :func:`consume_async`."""
     return run_sync(lambda: consume_async(bootstrap, topic, count, timeout, client_kwargs))
+
+
+async def committed_lag_async(bootstrap: str, group: str, topic: str) -> int | None:
+    """Records of ``topic`` past ``group``'s committed offsets (a partition without a commit
+    counts from 0); None when the group committed nothing of the topic."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = await _partitions(consumer, topic, time.monotonic() + 10)
+        ends = await consumer.end_offsets(tps)
+        committed = [await consumer.committed(tp) for tp in tps]
+        if all(offset is None for offset in committed):
+            return None
+        pairs = zip(tps, committed, strict=True)
+        return sum(max(0, ends[tp] - (offset or 0)) for tp, offset in pairs)
+    finally:
+        await consumer.stop()
+
+
+def committed_lag(bootstrap: str, group: str, topic: str) -> int | None:
+    """Synchronous :func:`committed_lag_async`. It reads the committed offsets without joining
+    the group (a consumer with a group id joins only when it subscribes)."""
+    return run_sync(lambda: committed_lag_async(bootstrap, group, topic))
