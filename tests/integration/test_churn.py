@@ -176,3 +176,33 @@ def test_partitions_moving_to_a_joining_worker_are_committed_as_far_as_finished(
         assert len(delivered) == total and repeats == 0
     finally:
         herald.stop()
+
+
+def test_a_stopping_worker_commits_what_it_finished(
+    broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
+) -> None:
+    """A graceful stop (SIGTERM, as a rolling deploy sends) commits what the worker finished,
+    so its successor does not deliver it again. Periodic commits are off (one an hour), so
+    only the stop's own commit can pass this (Faust's consumer commits when it stops)."""
+    topic = unique_topic("stopping")
+    total = 200
+    herald = HeraldDeployment(
+        tmp_path,
+        broker.bootstrap,
+        handlers=[numbered_handler(topic)],
+        targets=[webhook_target(receiver.url)],
+        settings={"commitIntervalSeconds": 3600.0},
+    )
+    actions = f"{herald.prefix}-actions"
+    try:
+        worker = herald.start_worker()
+        produce(broker.bootstrap, topic, messages(total, keys=10))
+        missing = wait_delivered(receiver, set(range(total)), timeout=60)
+        assert not missing, f"{len(missing)} never delivered: {sorted(missing)[:20]}"
+        wait_until(lambda: stats(worker)["delivered"] >= total, 30, "every delivery finished")
+        assert committed_lag(broker.bootstrap, herald.group, topic) is None  # nothing yet
+        assert worker.stop() == 0, worker.log_tail()
+        lags = {t: committed_lag(broker.bootstrap, herald.group, t) for t in (topic, actions)}
+        assert lags == {topic: 0, actions: 0}, lags
+    finally:
+        herald.stop()
