@@ -23,9 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from agents.embedded.broker import run_sync
 from agents.embedded.worker import READY_PATTERN, REPO_ROOT, WorkerError, WorkerProcess
-from bench import workload
+from tests.support.kafka import committed_lag
 
 RESULTS = Path(__file__).resolve().parent / "results"
 POLL_INTERVAL = 0.05
@@ -520,7 +519,7 @@ def wait_committed(bootstrap: str, group: str, topic: str, timeout: float = 30.0
     """Epoch time at which ``group`` had committed every record of ``topic`` (None: never)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lag = run_sync(lambda: workload.committed_lag(bootstrap, group, topic))
+        lag = committed_lag(bootstrap, group, topic)
         if lag == 0:
             return time.time()
         time.sleep(0.25)

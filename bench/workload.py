@@ -24,7 +24,6 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from bench.receiver import SEQ, TS
@@ -194,33 +193,6 @@ async def steady_with_hop(
         reader.cancel()
         await consumer.stop()
     return sent, elapsed, latencies, ramp_latencies
-
-
-async def committed_lag(bootstrap: str, group: str, topic: str) -> int | None:
-    """Records of ``topic`` not yet committed by ``group`` (None: the group committed nothing)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await admin.start()
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        ends = await consumer.end_offsets(tps)
-        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
-        if not offsets:
-            return None
-        lag = 0
-        for tp in tps:
-            meta = offsets.get(tp)
-            done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            lag += max(0, ends[tp] - done)
-        return lag
-    finally:
-        await consumer.stop()
-        await admin.close()
 
 
 async def record_timestamps(bootstrap: str, topic: str, since_ms: float) -> dict[int, float]:

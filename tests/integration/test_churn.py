@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agents.embedded.broker import EmbeddedBroker
 from agents.embedded.receiver import Delay, Receiver, Reply
+from agents.embedded.worker import WorkerProcess
 from tests.integration.test_guarantees import (
     assert_each_key_in_order,
     messages,
@@ -135,39 +136,56 @@ def test_two_workers_starting_together_on_a_backlog_deliver_every_match(
         herald.stop()
 
 
+def _delivered_uncommitted(
+    broker: EmbeddedBroker, receiver: Receiver, topic: str, tmp_path: Path, total: int, **kw
+) -> tuple[HeraldDeployment, WorkerProcess]:
+    """A deployment with periodic commits off (one an hour) and a worker that delivered
+    `total` events and finished each (its dedupe mark and execution record in Kafka), with
+    nothing committed yet: what is committed next is committed by what the test does."""
+    herald = HeraldDeployment(
+        tmp_path,
+        broker.bootstrap,
+        handlers=[numbered_handler(topic)],
+        targets=[webhook_target(receiver.url)],
+        settings={"commitIntervalSeconds": 3600.0},
+        **kw,
+    )
+    try:
+        worker = herald.start_worker()
+        produce(broker.bootstrap, topic, messages(total, keys=10))
+        missing = wait_delivered(receiver, set(range(total)), timeout=60)
+        assert not missing, f"{len(missing)} never delivered: {sorted(missing)[:20]}"
+        wait_until(lambda: stats(worker)["delivered"] >= total, 30, "every delivery finished")
+        assert committed_lag(broker.bootstrap, herald.group, topic) is None  # nothing yet
+    except BaseException:
+        herald.stop()
+        raise
+    return herald, worker
+
+
+def _lags(broker: EmbeddedBroker, herald: HeraldDeployment, topic: str) -> dict[str, int | None]:
+    """The group's committed lag on the source topic and on the actions topic."""
+    topics = (topic, f"{herald.prefix}-actions")
+    return {t: committed_lag(broker.bootstrap, herald.group, t) for t in topics}
+
+
 def test_partitions_moving_to_a_joining_worker_are_committed_as_far_as_finished(
     broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
 ) -> None:
     """A worker whose partitions are revoked commits what it finished of them first, so the
     worker that gets them does not process those records again.
 
-    Periodic commits are off (one an hour): before this, the joining worker read its share of
-    the source topic from the start and produced every match's action a second time."""
+    Periodic commits are off: before this, the joining worker read its share of the source
+    topic from the start and produced every match's action a second time."""
     topic = unique_topic("handover")
     total = 300
-    herald = HeraldDeployment(
-        tmp_path,
-        broker.bootstrap,
-        handlers=[numbered_handler(topic)],
-        targets=[webhook_target(receiver.url)],
-        source_partitions=6,
-        settings={"commitIntervalSeconds": 3600.0},
+    herald, _ = _delivered_uncommitted(
+        broker, receiver, topic, tmp_path, total, source_partitions=6
     )
-    actions = f"{herald.prefix}-actions"
+    done = {topic: 0, f"{herald.prefix}-actions": 0}
     try:
-        first = herald.start_worker()
-        produce(broker.bootstrap, topic, messages(total, keys=10))
-        missing = wait_delivered(receiver, set(range(total)), timeout=60)
-        assert not missing, f"{len(missing)} never delivered: {sorted(missing)[:20]}"
-        wait_until(lambda: stats(first)["delivered"] >= total, 30, "every delivery finished")
-        assert committed_lag(broker.bootstrap, herald.group, topic) is None  # nothing yet
-
         second = herald.start_worker()  # joining moves half the partitions to it
-
-        def lags() -> dict[str, int | None]:
-            return {t: committed_lag(broker.bootstrap, herald.group, t) for t in (topic, actions)}
-
-        wait_until(lambda: lags() == {topic: 0, actions: 0}, 15, f"all committed ({lags()})")
+        wait_until(lambda: _lags(broker, herald, topic) == done, 15, f"committed to {done}")
         time.sleep(2.0)  # time to read anything again, had anything been left
         again = stats(second)
         delivered, _, repeats = tally(receiver.requests)
@@ -182,27 +200,13 @@ def test_a_stopping_worker_commits_what_it_finished(
     broker: EmbeddedBroker, receiver: Receiver, unique_topic, tmp_path: Path
 ) -> None:
     """A graceful stop (SIGTERM, as a rolling deploy sends) commits what the worker finished,
-    so its successor does not deliver it again. Periodic commits are off (one an hour), so
-    only the stop's own commit can pass this (Faust's consumer commits when it stops)."""
+    so its successor does not deliver it again. Periodic commits are off, so only the stop's
+    own commit can pass this (Faust's consumer commits when it stops)."""
     topic = unique_topic("stopping")
-    total = 200
-    herald = HeraldDeployment(
-        tmp_path,
-        broker.bootstrap,
-        handlers=[numbered_handler(topic)],
-        targets=[webhook_target(receiver.url)],
-        settings={"commitIntervalSeconds": 3600.0},
-    )
-    actions = f"{herald.prefix}-actions"
+    herald, worker = _delivered_uncommitted(broker, receiver, topic, tmp_path, 200)
     try:
-        worker = herald.start_worker()
-        produce(broker.bootstrap, topic, messages(total, keys=10))
-        missing = wait_delivered(receiver, set(range(total)), timeout=60)
-        assert not missing, f"{len(missing)} never delivered: {sorted(missing)[:20]}"
-        wait_until(lambda: stats(worker)["delivered"] >= total, 30, "every delivery finished")
-        assert committed_lag(broker.bootstrap, herald.group, topic) is None  # nothing yet
         assert worker.stop() == 0, worker.log_tail()
-        lags = {t: committed_lag(broker.bootstrap, herald.group, t) for t in (topic, actions)}
-        assert lags == {topic: 0, actions: 0}, lags
+        lags = _lags(broker, herald, topic)
+        assert lags == {topic: 0, f"{herald.prefix}-actions": 0}, lags
     finally:
         herald.stop()
