@@ -25,6 +25,7 @@ plus DEAD_LETTERED.
 
 from __future__ import annotations
 
+import heapq
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -258,6 +259,12 @@ def _supersedes(new: Entry, old: Entry) -> bool:
     return not (old.status == COMPLETED and new.status == SKIPPED)
 
 
+def _time_order(entry: Entry) -> tuple[int, str, str]:
+    """The order answers list entries in: by `created`, ties by identity, so every worker
+    and every page of a query agree."""
+    return (entry.created, entry.kind, entry.key)
+
+
 #: Positions of `Entry`'s fields in the plain tuples `HistoryIndex` keeps.
 _KIND, _CREATED, _HANDLER, _STATUS, _STAGE = (
     Entry._fields.index(name) for name in ("kind", "created", "handler", "status", "stage")
@@ -371,10 +378,29 @@ class HistoryIndex:
         exclude_stages: frozenset[str] = frozenset({"delivery"}),
     ) -> list[Entry]:
         """Entries matching every filter given, newest first, at most `limit`. A delivery
-        dead letter is left out by default: its execution record (DEAD_LETTERED) is listed."""
-        wanted = frozenset(kinds)
-        found: list[Entry] = []
-        # Filtered on the kept tuples; only a match becomes an Entry (a query may walk all).
+        dead letter is left out by default: its execution record (DEAD_LETTERED) is listed.
+
+        "Newest" is by `created`, then by identity: records arrive out of time order (several
+        partitions, several writers), so the last `limit` read are not the newest `limit`,
+        and equal times need a tie-break every worker and every page agrees on."""
+        found = self._matching(
+            now_ms, frozenset(kinds), handler, status, since, until, visible, exclude_stages
+        )
+        return heapq.nlargest(limit, found, key=_time_order)
+
+    def _matching(
+        self,
+        now_ms: int,
+        wanted: frozenset[str],
+        handler: str | None,
+        status: str | None,
+        since: int | None,
+        until: int | None,
+        visible: Callable[[Entry], bool],
+        exclude_stages: frozenset[str],
+    ) -> Iterator[Entry]:
+        """Every kept entry within the retention that passes the filters (filtered on the
+        kept tuples: only a match becomes an Entry)."""
         for kept in self._newest(now_ms):
             if kept[_KIND] not in wanted:
                 continue
@@ -389,13 +415,8 @@ class HistoryIndex:
             if kept[_STAGE] is not None and kept[_STAGE] in exclude_stages:
                 continue
             entry = Entry._make(kept)
-            if not visible(entry):
-                continue
-            found.append(entry)
-            if len(found) >= limit:
-                break
-        found.sort(key=lambda e: e.created, reverse=True)
-        return found
+            if visible(entry):
+                yield entry
 
     def for_source(
         self, integration: str, topic: str, partition: int, offset: int, now_ms: int
@@ -409,14 +430,14 @@ class HistoryIndex:
             if span[:3] == (integration, topic, partition) and span[3] <= offset < span[4]:
                 if not self._expired(entry, now_ms):
                     found.append(entry)
-        found.sort(key=lambda e: e.created)
+        found.sort(key=_time_order)
         return found
 
     def for_message(self, mid: str, now_ms: int) -> list[Entry]:
         """The entries whose source record has the message id `mid`, oldest first."""
         found = [Entry._make(self._entries[ident]) for ident in self._by_message.get(mid, ())]
         found = [entry for entry in found if not self._expired(entry, now_ms)]
-        found.sort(key=lambda e: e.created)
+        found.sort(key=_time_order)
         return found
 
 
