@@ -266,9 +266,16 @@ def _time_order(entry: Entry) -> tuple[int, str, str]:
 
 
 #: Positions of `Entry`'s fields in the plain tuples `HistoryIndex` keeps.
-_KIND, _CREATED, _HANDLER, _STATUS, _STAGE = (
-    Entry._fields.index(name) for name in ("kind", "created", "handler", "status", "stage")
+_KIND, _KEY, _CREATED, _HANDLER, _STATUS, _STAGE = (
+    Entry._fields.index(name) for name in ("kind", "key", "created", "handler", "status", "stage")
 )
+#: Past them, the newest `created` read up to and including that entry.
+_READ_BEFORE = len(Entry._fields)
+
+
+def _entry(kept: tuple[Any, ...]) -> Entry:
+    """The `Entry` of a kept tuple."""
+    return Entry._make(kept[:_READ_BEFORE])
 
 
 class HistoryIndex:
@@ -280,9 +287,12 @@ class HistoryIndex:
             raise ValueError("max_records must be at least 1")
         self.max_records = max_records
         self.retention_ms = retention_ms
-        # Plain tuples (`tuple(entry)`; `Entry._make` when read): only an exact tuple of
-        # untracked values leaves the garbage collector's care, a NamedTuple does not.
+        # Plain tuples (`tuple(entry)` and the newest `created` read up to it; `_entry` when
+        # read): only an exact tuple of untracked values leaves the garbage collector's care,
+        # a NamedTuple does not. That newest `created` bounds every entry read before it, so
+        # a query walking back from the last read knows when no older read can be newer.
         self._entries: OrderedDict[tuple[str, str], tuple[Any, ...]] = OrderedDict()
+        self._newest_created = 0
         # a tuple, not a set or list: most records have one or two entries (a set costs 216
         # bytes), and tuples of strings are not tracked by the garbage collector
         self._by_message: dict[str, tuple[tuple[str, str], ...]] = {}
@@ -300,12 +310,13 @@ class HistoryIndex:
             return False
         ident = (entry.kind, entry.key)
         kept = self._entries.get(ident)
-        old = None if kept is None else Entry._make(kept)
+        old = None if kept is None else _entry(kept)
         if old is not None:
             if not _supersedes(entry, old):
                 return False
             self._forget(ident, old)
-        self._entries[ident] = tuple(entry)
+        self._newest_created = max(self._newest_created, entry.created)
+        self._entries[ident] = (*entry, self._newest_created)
         if entry.message_id is not None:
             mid = entry.message_id
             self._by_message[mid] = (*self._by_message.get(mid, ()), ident)
@@ -313,7 +324,7 @@ class HistoryIndex:
             self._spans[ident] = entry
         while len(self._entries) > self.max_records:
             oldest, evicted = self._entries.popitem(last=False)
-            self._unindex(oldest, Entry._make(evicted))
+            self._unindex(oldest, _entry(evicted))
             self.evicted_by_size += 1
         return True
 
@@ -324,7 +335,7 @@ class HistoryIndex:
         count = 0
         while self._entries:
             ident, kept = next(iter(self._entries.items()))
-            entry = Entry._make(kept)
+            entry = _entry(kept)
             if not self._expired(entry, now_ms):
                 break
             self._entries.popitem(last=False)
@@ -383,25 +394,11 @@ class HistoryIndex:
         "Newest" is by `created`, then by identity: records arrive out of time order (several
         partitions, several writers), so the last `limit` read are not the newest `limit`,
         and equal times need a tie-break every worker and every page agrees on."""
-        found = self._matching(
-            now_ms, frozenset(kinds), handler, status, since, until, visible, exclude_stages
-        )
-        return heapq.nlargest(limit, found, key=_time_order)
-
-    def _matching(
-        self,
-        now_ms: int,
-        wanted: frozenset[str],
-        handler: str | None,
-        status: str | None,
-        since: int | None,
-        until: int | None,
-        visible: Callable[[Entry], bool],
-        exclude_stages: frozenset[str],
-    ) -> Iterator[Entry]:
-        """Every kept entry within the retention that passes the filters (filtered on the
-        kept tuples: only a match becomes an Entry)."""
+        wanted = frozenset(kinds)
+        newest: list[tuple[tuple[int, str, str], Entry]] = []  # a min-heap of `limit`
         for kept in self._newest(now_ms):
+            if len(newest) >= limit and kept[_READ_BEFORE] < newest[0][0][0]:
+                break  # nothing read this early is as new as the `limit` found
             if kept[_KIND] not in wanted:
                 continue
             if handler is not None and kept[_HANDLER] != handler:
@@ -414,9 +411,17 @@ class HistoryIndex:
                 continue
             if kept[_STAGE] is not None and kept[_STAGE] in exclude_stages:
                 continue
-            entry = Entry._make(kept)
-            if visible(entry):
-                yield entry
+            order = (kept[_CREATED], kept[_KIND], kept[_KEY])
+            if len(newest) >= limit and order < newest[0][0]:
+                continue
+            entry = _entry(kept)  # only a candidate becomes an Entry
+            if not visible(entry):
+                continue
+            if len(newest) < limit:
+                heapq.heappush(newest, (order, entry))
+            else:
+                heapq.heapreplace(newest, (order, entry))
+        return [entry for _, entry in sorted(newest, reverse=True)]
 
     def for_source(
         self, integration: str, topic: str, partition: int, offset: int, now_ms: int
@@ -435,7 +440,7 @@ class HistoryIndex:
 
     def for_message(self, mid: str, now_ms: int) -> list[Entry]:
         """The entries whose source record has the message id `mid`, oldest first."""
-        found = [Entry._make(self._entries[ident]) for ident in self._by_message.get(mid, ())]
+        found = [_entry(self._entries[ident]) for ident in self._by_message.get(mid, ())]
         found = [entry for entry in found if not self._expired(entry, now_ms)]
         found.sort(key=_time_order)
         return found

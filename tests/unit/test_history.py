@@ -5,6 +5,7 @@ handler, status, time and source record, and the per-handler answer for one sour
 from __future__ import annotations
 
 import gc
+import random
 from typing import Any
 
 import orjson
@@ -196,6 +197,33 @@ def test_a_limited_query_answers_the_newest_by_time_whatever_order_they_were_rea
         assert ids(idx, limit=limit) == everything[:limit]
         assert ids(read_the_other_way, limit=limit) == everything[:limit]
     assert ids(idx, since=NOW + 2, limit=2) == ["h2-2-0", "h1-1-0"]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_limited_query_is_the_head_of_the_whole_answer_however_late_records_come(
+    seed: int,
+) -> None:
+    # Records read up to 50 ms late, many with equal times, some superseded, the oldest read
+    # evicted past the size bound: every limited query is the head of the whole sorted answer.
+    rng = random.Random(seed)
+    idx = index(max_records=150, retention_ms=None)
+    for n in range(300):
+        handler = rng.choice(["h1", "h2", "h3"])
+        status = rng.choice(["COMPLETED", "DEAD_LETTERED", "FAILED"])
+        at = NOW + n * 2 - rng.randrange(50)
+        add_execution(idx, execution(status, req=request(handler, rng.randrange(200)), at=at))
+    later = NOW + 10 * HOUR
+    kept = [Entry._make(k[: len(Entry._fields)]) for k in idx._entries.values()]
+    for filters in ({}, {"handler": "h2"}, {"status": "COMPLETED"}, {"since": NOW + 300}):
+        every = [
+            e
+            for e in sorted(kept, key=lambda e: (e.created, e.kind, e.key), reverse=True)
+            if all(
+                (e.created >= v) if k == "since" else getattr(e, k) == v for k, v in filters.items()
+            )
+        ]
+        for limit in (1, 2, 7, 40, 1000):
+            assert idx.query(later, limit=limit, **filters) == every[:limit]
 
 
 def test_dead_letters_are_listed_but_a_delivery_letter_only_through_its_execution() -> None:
