@@ -259,12 +259,6 @@ def _supersedes(new: Entry, old: Entry) -> bool:
     return not (old.status == COMPLETED and new.status == SKIPPED)
 
 
-def _time_order(entry: Entry) -> tuple[int, str, str]:
-    """The order answers list entries in: by `created`, ties by identity, so every worker
-    and every page of a query agree."""
-    return (entry.created, entry.kind, entry.key)
-
-
 #: Positions of `Entry`'s fields in the plain tuples `HistoryIndex` keeps.
 _KIND, _KEY, _CREATED, _HANDLER, _STATUS, _STAGE = (
     Entry._fields.index(name) for name in ("kind", "key", "created", "handler", "status", "stage")
@@ -276,6 +270,12 @@ _READ_BEFORE = len(Entry._fields)
 def _entry(kept: tuple[Any, ...]) -> Entry:
     """The `Entry` of a kept tuple."""
     return Entry._make(kept[:_READ_BEFORE])
+
+
+def _time_order(entry: tuple[Any, ...]) -> tuple[int, str, str]:
+    """The order answers list entries in (an `Entry` or a kept tuple): by `created`, ties
+    by identity, so every worker and every page of a query agree."""
+    return (entry[_CREATED], entry[_KIND], entry[_KEY])
 
 
 class HistoryIndex:
@@ -411,7 +411,7 @@ class HistoryIndex:
                 continue
             if kept[_STAGE] is not None and kept[_STAGE] in exclude_stages:
                 continue
-            order = (kept[_CREATED], kept[_KIND], kept[_KEY])
+            order = _time_order(kept)
             if len(newest) >= limit and order < newest[0][0]:
                 continue
             entry = _entry(kept)  # only a candidate becomes an Entry
